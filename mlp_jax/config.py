@@ -1,0 +1,319 @@
+"""Typed, frozen configuration for every setting, with ``key=value`` overrides.
+
+A config is a tree of frozen dataclasses (one level of groups under :class:`Config`).
+Every leaf has a flat dotted key (``optim.learning_rate``) used for command-line
+overrides and for tracking params; :func:`to_json` / :func:`from_json` round-trip the
+whole tree so it can be stored beside a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+OptimizerName = Literal["adam", "adamw", "sgd"]
+ScheduleName = Literal["constant", "warmup_cosine"]
+
+#: Where the synthetic task lives; the runner generates it there when it is missing.
+SYNTHETIC_PATH = "data/classification_data.csv"
+
+
+class ConfigError(ValueError):
+    """A config override or value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the rows come from and how they are split."""
+
+    path: str = SYNTHETIC_PATH  # CSV with a header; generated when it is SYNTHETIC_PATH and missing
+    target: str = "target"  # name of the label column
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # make_classification settings for the synthetic task (used only to generate SYNTHETIC_PATH)
+    n_samples: int = 100_000
+    n_features: int = 20
+    n_informative: int = 10
+    n_redundant: int = 5
+    n_classes: int = 2
+    class_sep: float = 1.0
+    flip_y: float = 0.01
+    synthetic_seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The MLP's shape."""
+
+    hidden_sizes: tuple[int, ...] = (128, 64)
+    activation: Activation = "relu"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optax optimiser and learning-rate schedule."""
+
+    name: OptimizerName = "adam"
+    learning_rate: float = 1e-3
+    schedule: ScheduleName = "constant"
+    warmup_epochs: int = 1  # only for warmup_cosine
+    momentum: float = 0.9  # only for sgd
+    weight_decay: float = 0.0  # decoupled for adamw, L2-in-gradient for adam/sgd
+    grad_clip_norm: float = 0.0  # 0 turns clipping off
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fit loop."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    eval_batch_size: int = 4096
+    patience: int = 5  # epochs without val-loss improvement before stopping; 0 disables
+    min_delta: float = 0.0
+    checkpoint_every: int = 5  # epochs; improvements within the interval are kept in memory
+    num_devices: int = 0  # 0 = every local device
+    progress: bool = True
+    compare_sklearn: bool = False  # also fit sklearn's MLPClassifier on the same split and print both
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking (imported only when enabled)."""
+
+    enabled: bool = True
+    uri: str = ""  # "" = MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db
+    experiment: str = "mlp-jax"
+    registered_model: str = "mlp-jax"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment."""
+
+    name: str = "baseline"
+    seed: int = 0
+    workdir: str = ""  # "" = checkpoints/<name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def resolved_workdir(self) -> str:
+        return self.workdir or f"checkpoints/{self.name}"
+
+
+# ----------------------------------------------------------------------------- flat view
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_specs(config: Config) -> dict[str, tuple[Any, Any]]:
+    """Flat ``{dotted key: (type, current value)}`` for every leaf, in declaration order."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            hints = _hints(type(value))
+            for sub in dataclasses.fields(value):
+                out[f"{f.name}.{sub.name}"] = (hints[sub.name], getattr(value, sub.name))
+        else:
+            out[f.name] = (_hints(Config)[f.name], value)
+    return out
+
+
+def to_flat_dict(config: Config) -> dict[str, Any]:
+    """``{dotted key: value}`` (tuples kept as tuples)."""
+    return {k: v for k, (_, v) in field_specs(config).items()}
+
+
+def to_json(config: Config) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of ``dataclasses.asdict`` (lists become tuples where the field is a tuple)."""
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(Config):
+        if f.name not in d:
+            continue
+        if f.default_factory is not dataclasses.MISSING:  # a group
+            cls = f.default_factory
+            hints = _hints(cls)
+            sub = {k: (tuple(v) if _is_tuple(hints[k]) else v) for k, v in d[f.name].items() if k in hints}
+            groups[f.name] = cls(**sub)
+        else:
+            groups[f.name] = d[f.name]
+    return Config(**groups)
+
+
+def from_json(text: str) -> Config:
+    return from_dict(json.loads(text))
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def _is_tuple(tp: Any) -> bool:
+    return typing.get_origin(tp) is tuple
+
+
+def type_name(tp: Any) -> str:
+    """Human-readable name of a field type, for ``--help`` and errors."""
+    if typing.get_origin(tp) is Literal:
+        return "{" + ",".join(map(str, typing.get_args(tp))) + "}"
+    if _is_tuple(tp):
+        return f"{typing.get_args(tp)[0].__name__},..."
+    return getattr(tp, "__name__", str(tp))
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_value(key: str, tp: Any, raw: str) -> Any:
+    """Parses ``raw`` as type ``tp``; raises ConfigError naming ``key`` on failure."""
+    origin = typing.get_origin(tp)
+    try:
+        if origin is Literal:
+            choices = typing.get_args(tp)
+            if raw not in choices:
+                raise ConfigError(f"{key}: {raw!r} is not one of {', '.join(map(str, choices))}")
+            return raw
+        if _is_tuple(tp):
+            (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
+            parts = [p for p in raw.replace("(", "").replace(")", "").split(",") if p.strip()]
+            return tuple(parse_value(key, item, p.strip()) for p in parts)
+        if tp is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError
+        if tp is int:
+            value = float(raw)  # accept 1e5
+            if not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return raw
+    except ConfigError:
+        raise
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{key}: expected {type_name(tp)}, got {raw!r}") from None
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Returns a new config with ``key=value`` overrides applied and validated.
+
+    Raises:
+      ConfigError: for a malformed item, an unknown key (with the closest valid ones),
+        a value of the wrong type, or a value out of range.
+    """
+    specs = field_specs(config)
+    changes: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key not in specs:
+            close = difflib.get_close_matches(key, specs.keys(), n=3, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(close)}?" if close else "; see --help for every key"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        tp, _ = specs[key]
+        value = parse_value(key, tp, raw)
+        group, dot, leaf = key.partition(".")
+        if dot:
+            changes.setdefault(group, {})[leaf] = value
+        else:
+            top[group] = value
+    for group, kv in changes.items():
+        top[group] = dataclasses.replace(getattr(config, group), **kv)
+    new = dataclasses.replace(config, **top)
+    validate(new)
+    return new
+
+
+def validate(c: Config) -> None:
+    """Range checks that types alone cannot express."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg} (got {to_flat_dict(c)[key]!r})")
+
+    d, m, o, t = c.data, c.model, c.optim, c.train
+    need(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
+    need(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
+    need(d.val_fraction + d.test_fraction < 1, "data.test_fraction", "val_fraction + test_fraction must be < 1")
+    need(bool(d.target), "data.target", "must name a column")
+    need(bool(d.path), "data.path", "must be a CSV path")
+    need(d.n_samples >= 10, "data.n_samples", "must be >= 10")
+    need(d.n_classes >= 2, "data.n_classes", "must be >= 2")
+    need(d.n_features >= d.n_informative + d.n_redundant, "data.n_features", "must be >= n_informative + n_redundant")
+    need(len(m.hidden_sizes) > 0 and all(h > 0 for h in m.hidden_sizes), "model.hidden_sizes", "needs positive sizes")
+    need(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    need(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0")
+    need(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)")
+    need(o.warmup_epochs >= 0, "optim.warmup_epochs", "must be >= 0")
+    need(t.epochs >= 1, "train.epochs", "must be >= 1")
+    need(t.batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(t.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    need(t.patience >= 0, "train.patience", "must be >= 0")
+    need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
+    need(t.num_devices >= 0, "train.num_devices", "must be >= 0")
+
+
+def help_text(config: Config) -> str:
+    """One line per key: name, type, default."""
+    specs = field_specs(config)
+    width = max(map(len, specs))
+    lines = ["Config keys (override with key=value):"]
+    for key, (tp, value) in specs.items():
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        lines.append(f"  {key:<{width}}  {type_name(tp):<28} default: {shown}")
+    return "\n".join(lines)
+
+
+def diff(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Flat keys whose values differ between two configs (``ignore`` = key prefixes)."""
+    fa, fb = to_flat_dict(a), to_flat_dict(b)
+    return [k for k in fa if fa[k] != fb.get(k) and not k.startswith(ignore)]
+
+
+__all__ = [
+    "SYNTHETIC_PATH",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "diff",
+    "field_specs",
+    "from_dict",
+    "from_json",
+    "help_text",
+    "to_flat_dict",
+    "to_json",
+    "validate",
+]

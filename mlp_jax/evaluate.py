@@ -1,0 +1,140 @@
+"""Test metrics, the classification report, and plots (loss curve, confusion matrix).
+
+Reference metrics come from scikit-learn; plots use matplotlib's non-interactive Agg
+backend, imported only when a plot is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mlp_jax.train import predict_proba_fn
+
+
+def predict_proba(graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Class probabilities for standardised rows, in fixed-size padded batches (one compile)."""
+    f = jax.jit(predict_proba_fn(graphdef))
+    n = len(x)
+    b = min(batch_size, max(n, 1))
+    out = []
+    for i in range(0, n, b):
+        chunk = x[i : i + b]
+        pad = b - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, x.shape[1]), x.dtype)])
+        out.append(np.asarray(f(params, chunk))[: b - pad])
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[Any]) -> dict[str, Any]:
+    """Per-class precision/recall/F1/support, macro and weighted averages, accuracy, log loss,
+    ROC AUC (binary: positive = classes[1]; multi-class: one-vs-rest macro) and the confusion matrix."""
+    from sklearn import metrics
+
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    names = [str(c) for c in classes]
+    report = metrics.classification_report(
+        y_true, y_pred, labels=labels, target_names=names, output_dict=True, zero_division=0
+    )
+    out: dict[str, Any] = {
+        "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
+        "log_loss": float(metrics.log_loss(y_true, np.clip(probs, 1e-7, 1.0), labels=labels)),
+        "per_class": {n: {k: float(v) for k, v in report[n].items()} for n in names},
+        "macro_avg": {k: float(v) for k, v in report["macro avg"].items()},
+        "weighted_avg": {k: float(v) for k, v in report["weighted avg"].items()},
+        "confusion_matrix": metrics.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": list(classes),
+    }
+    present = np.unique(y_true)
+    if len(classes) == 2 and len(present) == 2:
+        out["roc_auc"] = float(metrics.roc_auc_score(y_true, probs[:, 1]))
+    elif len(present) == len(classes):
+        out["roc_auc_ovr_macro"] = float(metrics.roc_auc_score(y_true, probs, multi_class="ovr", labels=labels))
+    out["text"] = metrics.classification_report(
+        y_true, y_pred, labels=labels, target_names=names, digits=4, zero_division=0
+    )
+    return out
+
+
+def report_text(report: dict[str, Any]) -> str:
+    lines = [report["text"].rstrip(), "", f"log loss: {report['log_loss']:.5f}"]
+    if "roc_auc" in report:
+        lines.append(f"ROC AUC: {report['roc_auc']:.5f}")
+    if "roc_auc_ovr_macro" in report:
+        lines.append(f"ROC AUC (one-vs-rest, macro): {report['roc_auc_ovr_macro']:.5f}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
+    """``classification_report.json`` and ``.txt`` in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    j, t = folder / "classification_report.json", folder / "classification_report.txt"
+    j.write_text(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=2, default=str))
+    t.write_text(report_text(report))
+    return [j, t]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path) -> Path:
+    """Train/val loss and accuracy against epoch, side by side."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_l.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_l.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_l.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    ax_a.plot(epochs, [h["train_accuracy"] for h in history], label="train")
+    ax_a.plot(epochs, [h["val_accuracy"] for h in history], label="validation")
+    ax_a.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    for ax in (ax_l, ax_a):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[Any], path: str | Path) -> Path:
+    """Counts and row-normalised (recall) confusion matrices, class labels on both axes."""
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=np.int64)
+    norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    names = [str(c) for c in classes]
+    k = len(names)
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * k, 2.5 + 0.6 * k))
+    for ax, data, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], norm, "Normalised by true class", ".2f")):
+        im = ax.imshow(data, cmap="Blues")
+        ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names,
+               xlabel="predicted label", ylabel="true label", title=title)
+        threshold = data.max() / 2 if data.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center",
+                        color="white" if data[i, j] > threshold else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

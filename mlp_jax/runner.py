@@ -1,0 +1,225 @@
+"""The one runner every experiment hands off to: parse overrides, train, evaluate, report.
+
+``experiments/<name>.py`` defines ``get_config()`` and calls :func:`main`. The runner
+loads and validates the data before it writes anything, opens tracking (when enabled)
+before training so a broken store fails fast, fits with checkpoints in the workdir,
+evaluates the best parameters on the test split, writes ``plots/`` and ``summary.json``,
+and prints where everything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlp_jax.config import Config, ConfigError, apply_overrides, help_text, to_json
+
+_T_START = time.perf_counter()
+
+
+def enable_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache (``MLP_JAX_COMPILATION_CACHE``; ``off`` disables).
+
+    Small programs compile in under the default 1 s threshold and would never be cached,
+    so the threshold is set to 0. The cache is per machine and trusted input.
+    """
+    import jax
+
+    where = os.environ.get("MLP_JAX_COMPILATION_CACHE", str(Path.home() / ".cache" / "mlp-jax" / "jax"))
+    if where.lower() in ("", "off", "0", "false", "none"):
+        return None
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return where
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def check_workdir(workdir: Path) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"workdir: {workdir} exists and is not a directory")
+
+
+def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
+    """Runs one experiment end to end and returns its summary (also written to ``summary.json``)."""
+    from mlp_jax import data as data_lib
+    from mlp_jax import evaluate, train
+    from mlp_jax.writer import NullWriter
+
+    timings: dict[str, float] = {}
+    workdir = Path(config.resolved_workdir).resolve()
+    check_workdir(workdir)
+    enable_compilation_cache()
+
+    t = time.perf_counter()
+    dataset = data_lib.prepare(config.data, config.seed)
+    timings["data"] = time.perf_counter() - t
+    print(
+        f"data: {dataset.source} ({dataset.split_sizes()}), {dataset.n_features} features, "
+        f"classes {list(dataset.classes)}",
+        flush=True,
+    )
+
+    session = None
+    writer = NullWriter()
+    if config.tracking.enabled:
+        t = time.perf_counter()
+        from mlp_jax import tracking  # mlflow is imported only here
+
+        session = tracking.start(config, dataset)  # fails before training if the store is unusable
+        writer = session.writer
+        timings["tracking_start"] = time.perf_counter() - t
+
+    try:
+        result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)
+        timings.update(compile=result.compile_seconds, train=result.train_seconds, checkpoint=result.checkpoint_seconds)
+
+        t = time.perf_counter()
+        probs = evaluate.predict_proba(result.state.graphdef, result.best_params, dataset.x_test)
+        report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
+        test_loss = report["log_loss"]
+        plots = workdir / "plots"
+        artifacts = [
+            evaluate.plot_loss_curve(result.history, plots / "loss_curve.png"),
+            evaluate.plot_confusion_matrix(report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"),
+            *evaluate.write_report(report, plots),
+        ]
+        (workdir / "config.json").write_text(json.dumps(json.loads(to_json(config)), indent=2))
+        timings["evaluate"] = time.perf_counter() - t
+
+        summary: dict[str, Any] = {
+            "experiment": config.name,
+            "workdir": str(workdir),
+            "test_accuracy": report["accuracy"],
+            "test_loss": test_loss,
+            "test_roc_auc": report.get("roc_auc", report.get("roc_auc_ovr_macro")),
+            "best_epoch": result.best_epoch,
+            "best_val_loss": min((h["val_loss"] for h in result.history), default=None),
+            "best_val_accuracy": next((h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None),
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from,
+            "train_samples_per_second": result.train_samples_per_second,
+            "compile_seconds": result.compile_seconds,
+            "n_features": dataset.n_features,
+            "feature_names": list(dataset.feature_names),
+            "classes": list(dataset.classes),
+            "dataset": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
+            "best_checkpoint": result.best_checkpoint,
+            "n_devices": result.timings.get("n_devices", 1),
+            "n_processes": result.timings.get("n_processes", 1),
+        }
+        if config.train.compare_sklearn:
+            t = time.perf_counter()
+            summary["sklearn"] = sklearn_reference(config, dataset)
+            timings["sklearn"] = time.perf_counter() - t
+
+        if session is not None:
+            t = time.perf_counter()
+            summary.update(session.finish(workdir=workdir, summary=summary, history=result.history,
+                                          report=report, artifacts=artifacts, checkpoint=result.best_checkpoint))
+            timings["tracking"] = time.perf_counter() - t + timings.get("tracking_start", 0.0)
+    except BaseException as e:
+        if session is not None:
+            session.abort(e)
+        raise
+    timings["total_in_process"] = time.perf_counter() - _T_START
+    summary["timings"] = timings
+    write_json_atomic(workdir / "summary.json", summary)
+    return summary
+
+
+def sklearn_reference(config: Config, dataset: Any) -> dict[str, Any]:
+    """scikit-learn's MLPClassifier with the same hidden sizes, batch, optimiser budget and split."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=config.model.hidden_sizes,
+        activation={"relu": "relu", "tanh": "tanh"}.get(config.model.activation, "relu"),
+        solver="adam",
+        learning_rate_init=config.optim.learning_rate,
+        batch_size=config.train.batch_size,
+        max_iter=config.train.epochs,
+        early_stopping=False,
+        random_state=config.seed,
+    )
+    t = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(dataset.x_train, dataset.y_train)
+    seconds = time.perf_counter() - t
+    return {
+        "test_accuracy": float(clf.score(dataset.x_test, dataset.y_test)),
+        "epochs": int(clf.n_iter_),
+        "fit_seconds": seconds,
+        "train_samples_per_second": len(dataset.y_train) * clf.n_iter_ / seconds,
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(
+        f"\ntest accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
+        f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}"
+        f"{', stopped early' if summary['stopped_early'] else ''})"
+    )
+    print(
+        f"training: {summary['train_samples_per_second']:,.0f} samples/s on {summary['n_devices']} device(s), "
+        f"compile {summary['compile_seconds']:.2f} s"
+    )
+    if "sklearn" in summary:
+        sk = summary["sklearn"]
+        print(
+            f"scikit-learn MLPClassifier (same split, sizes, batch, {sk['epochs']} epochs): "
+            f"test accuracy {sk['test_accuracy']:.4f}, {sk['train_samples_per_second']:,.0f} samples/s"
+        )
+    if summary.get("mlflow_run_id"):
+        print(f"mlflow run {summary['mlflow_run_id']}; model {summary.get('registered_model')} "
+              f"v{summary.get('model_version')} (champion: {summary.get('champion')})")
+    wd = summary["workdir"]
+    print(f"outputs: {wd}/summary.json, {wd}/plots/, best checkpoint {summary['best_checkpoint']}")
+
+
+def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: str | None = None) -> int:
+    """Entry point for ``python -m experiments.<name> [key=value ...]``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    base = get_config()
+    if any(a in ("-h", "--help") for a in argv):
+        if doc:
+            print(doc.strip(), end="\n\n")
+        print(help_text(base))
+        return 0
+    try:
+        config = apply_overrides(base, argv)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlp_jax.checkpoint import CheckpointError
+    from mlp_jax.data import DataError
+    from mlp_jax.train import NonFiniteLossError
+
+    errors: tuple[type[BaseException], ...] = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+    if config.tracking.enabled:
+        from mlp_jax.tracking import TrackingError
+
+        errors += (TrackingError,)
+    try:
+        summary = run(config)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 0
