@@ -18,8 +18,14 @@ from mlp_jax.runner import main as run_main
 def get_config() -> Config:
     return Config(
         name="cosine_schedule",
-        optim=OptimConfig(name="adamw", learning_rate=3e-3, schedule="warmup_cosine", warmup_epochs=1,
-                          weight_decay=1e-4, grad_clip_norm=1.0),
+        optim=OptimConfig(
+            name="adamw",
+            learning_rate=3e-3,
+            schedule="warmup_cosine",
+            warmup_epochs=1,
+            weight_decay=1e-4,
+            grad_clip_norm=1.0,
+        ),
         train=TrainConfig(epochs=30, patience=8),
     )
 

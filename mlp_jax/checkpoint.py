@@ -170,7 +170,9 @@ def restore_for_inference(path: str | Path, device: jax.Device | None = None) ->
         )
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         target = {"train": template.arrays(), "best_params": template.params}
-        tree = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target, sharding))))
+        tree = store.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_like(target, sharding)))
+        )
     except CheckpointError:
         raise
     except (KeyError, ValueError, FileNotFoundError) as e:

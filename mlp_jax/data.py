@@ -121,7 +121,11 @@ def load_csv(path: str | os.PathLike, target: str) -> Table:
     features = frame.drop(columns=[target])
     if features.shape[1] == 0:
         raise DataError(f"{p} has no feature columns besides the target {target!r}")
-    bad = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c])]
+    bad = [
+        str(c)
+        for c in features.columns
+        if not pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c])
+    ]
     if bad:
         raise DataError(f"{p}: feature column(s) must be numeric, not: {', '.join(bad)}")
     missing = features.isna().sum()
@@ -236,7 +240,12 @@ def split_and_standardise(table: Table, cfg: DataConfig, seed: int) -> Dataset:
 
     (xtr, ytr), (xva, yva), (xte, yte) = part(train), part(val), part(test)
     return Dataset(
-        xtr, ytr, xva, yva, xte, yte,
+        xtr,
+        ytr,
+        xva,
+        yva,
+        xte,
+        yte,
         feature_names=table.feature_names,
         classes=tuple(c.item() if hasattr(c, "item") else c for c in classes),
         standardizer=scaler,

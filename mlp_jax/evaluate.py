@@ -124,13 +124,26 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[Any
     fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * k, 2.5 + 0.6 * k))
     for ax, data, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], norm, "Normalised by true class", ".2f")):
         im = ax.imshow(data, cmap="Blues")
-        ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names,
-               xlabel="predicted label", ylabel="true label", title=title)
+        ax.set(
+            xticks=range(k),
+            yticks=range(k),
+            xticklabels=names,
+            yticklabels=names,
+            xlabel="predicted label",
+            ylabel="true label",
+            title=title,
+        )
         threshold = data.max() / 2 if data.size else 0
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, format(data[i, j], fmt), ha="center", va="center",
-                        color="white" if data[i, j] > threshold else "black")
+                ax.text(
+                    j,
+                    i,
+                    format(data[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    color="white" if data[i, j] > threshold else "black",
+                )
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)

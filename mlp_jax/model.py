@@ -49,9 +49,13 @@ class MLP(nnx.Module):
         return self.head(x)
 
 
-def create(in_features: int, n_classes: int, hidden_sizes: Sequence[int], activation: str, dropout: float, seed: int) -> MLP:
+def create(
+    in_features: int, n_classes: int, hidden_sizes: Sequence[int], activation: str, dropout: float, seed: int
+) -> MLP:
     """A freshly initialised MLP (parameters depend only on the sizes and ``seed``)."""
-    return MLP(in_features, tuple(hidden_sizes), n_classes, activation=activation, dropout=dropout, rngs=nnx.Rngs(params=seed))
+    return MLP(
+        in_features, tuple(hidden_sizes), n_classes, activation=activation, dropout=dropout, rngs=nnx.Rngs(params=seed)
+    )
 
 
 def layer_sizes(in_features: int, hidden_sizes: Sequence[int], n_classes: int) -> list[int]:

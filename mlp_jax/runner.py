@@ -105,7 +105,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             "test_roc_auc": report.get("roc_auc", report.get("roc_auc_ovr_macro")),
             "best_epoch": result.best_epoch,
             "best_val_loss": min((h["val_loss"] for h in result.history), default=None),
-            "best_val_accuracy": next((h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None),
+            "best_val_accuracy": next(
+                (h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None
+            ),
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from,
@@ -126,8 +128,16 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
         if session is not None:
             t = time.perf_counter()
-            summary.update(session.finish(workdir=workdir, summary=summary, history=result.history,
-                                          report=report, artifacts=artifacts, checkpoint=result.best_checkpoint))
+            summary.update(
+                session.finish(
+                    workdir=workdir,
+                    summary=summary,
+                    history=result.history,
+                    report=report,
+                    artifacts=artifacts,
+                    checkpoint=result.best_checkpoint,
+                )
+            )
             timings["tracking"] = time.perf_counter() - t + timings.get("tracking_start", 0.0)
     except BaseException as e:
         if session is not None:
@@ -186,8 +196,10 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"test accuracy {sk['test_accuracy']:.4f}, {sk['train_samples_per_second']:,.0f} samples/s"
         )
     if summary.get("mlflow_run_id"):
-        print(f"mlflow run {summary['mlflow_run_id']}; model {summary.get('registered_model')} "
-              f"v{summary.get('model_version')} (champion: {summary.get('champion')})")
+        print(
+            f"mlflow run {summary['mlflow_run_id']}; model {summary.get('registered_model')} "
+            f"v{summary.get('model_version')} (champion: {summary.get('champion')})"
+        )
     wd = summary["workdir"]
     print(f"outputs: {wd}/summary.json, {wd}/plots/, best checkpoint {summary['best_checkpoint']}")
 

@@ -75,7 +75,9 @@ def create_state(config: Config, n_features: int, n_classes: int, n_train: int) 
 # ----------------------------------------------------------------------------- pure steps
 
 
-def logits_fn(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+def logits_fn(
+    graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None
+) -> jax.Array:
     return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
 
 
@@ -290,7 +292,9 @@ def fit(
     val = jax.device_put(batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size, n_dev), eval_sharding)
 
     t0 = time.perf_counter()
-    train_epoch = make_train_epoch(tc.batch_size, batch_sharding).lower(state, x_train, y_train, epoch_key(0, 0)).compile()
+    train_epoch = (
+        make_train_epoch(tc.batch_size, batch_sharding).lower(state, x_train, y_train, epoch_key(0, 0)).compile()
+    )
     evaluate = make_evaluate(batch_sharding).lower(state, *val).compile()
     compile_seconds = time.perf_counter() - t0
 
@@ -333,8 +337,12 @@ def fit(
                 best_params = jax.tree.map(jnp.copy, state.params)  # state buffers are donated next epoch
             writer.write_scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{row['train_loss']:.4f}", acc=f"{row['train_accuracy']:.4f}",
-                                val_loss=f"{row['val_loss']:.4f}", val_acc=f"{row['val_accuracy']:.4f}")
+                bar.set_postfix(
+                    loss=f"{row['train_loss']:.4f}",
+                    acc=f"{row['train_accuracy']:.4f}",
+                    val_loss=f"{row['val_loss']:.4f}",
+                    val_acc=f"{row['val_accuracy']:.4f}",
+                )
             last = epoch == tc.epochs or stopper.should_stop
             if store is not None and (epoch % tc.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()

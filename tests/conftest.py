@@ -43,8 +43,14 @@ def tiny_config(tmp: Path, csv: Path, **overrides: str) -> config_lib.Config:
 
 def write_tiny_csv(path: Path, n: int = 600, n_classes: int = 2, seed: int = 3) -> Path:
     cfg = dataclasses.replace(
-        config_lib.DataConfig(), n_samples=n, n_features=6, n_informative=4, n_redundant=1,
-        n_classes=n_classes, class_sep=1.5, synthetic_seed=seed,
+        config_lib.DataConfig(),
+        n_samples=n,
+        n_features=6,
+        n_informative=4,
+        n_redundant=1,
+        n_classes=n_classes,
+        class_sep=1.5,
+        synthetic_seed=seed,
     )
     return data_lib.write_csv_atomic(data_lib.make_synthetic(cfg), path)
 
