@@ -77,15 +77,23 @@ class Checkpointer:
             raise CheckpointError(f"no checkpoint steps in {self.directory}")
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
-    def restore_train(self, template: Any, config: Config, sharding: jax.sharding.Sharding) -> Restored:
+    def restore_train(
+        self, template: Any, config: Config, sharding: jax.sharding.Sharding, data_digest: str | None = None
+    ) -> Restored:
         """Restores the latest step into the structure of ``template`` (a TrainState).
 
         Raises:
           CheckpointError: when the stored config differs from ``config`` in anything
-            but :data:`RESUMABLE_KEYS`.
+            but :data:`RESUMABLE_KEYS`, or the data file's digest differs.
         """
         step = self.latest_step()
         meta = self.read_meta(step)
+        stored_digest = meta.get("data", {}).get("digest")
+        if data_digest is not None and stored_digest != data_digest:
+            raise CheckpointError(
+                f"refusing to resume {self.directory} (epoch {step}): the data changed "
+                f"(digest {stored_digest} in the checkpoint, {data_digest} now: {meta['data'].get('source')})"
+            )
         stored = from_dict(meta["config"])
         differing = diff(stored, config, ignore=RESUMABLE_KEYS)
         if differing:

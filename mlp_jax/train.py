@@ -280,7 +280,7 @@ def fit(
     resumed_from = None
     store = ckpt_lib.Checkpointer(workdir) if workdir else None
     if store is not None and store.latest_step() is not None:
-        restored = store.restore_train(state, config, replicated)
+        restored = store.restore_train(state, config, replicated, dataset.digest)
         state, best_params = restored.state, restored.best_params
         history = restored.meta["history"]
         es = restored.meta["early_stopping"]

@@ -1,0 +1,145 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mlp_jax import checkpoint as K
+from mlp_jax import data as D
+from mlp_jax import train as T
+from tests.conftest import ROOT, tiny_config, write_tiny_csv
+
+
+def _arrays(workdir: Path, step: int | None = None) -> list[np.ndarray]:
+    store = K.Checkpointer(workdir, read_only=True)
+    step = step or store.latest_step()
+    tree = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    store.manager.close()
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+def test_round_trip_resume_and_inference_restore(tmp_path, tiny_csv):
+    cfg = tiny_config(tmp_path, tiny_csv)
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+    assert K.Checkpointer(cfg.resolved_workdir).all_steps() == [2, 4]  # every 2 epochs, latest 2 kept
+    ic = K.restore_for_inference(cfg.resolved_workdir)
+    assert ic.step == 4
+    for a, b in zip(jax.tree.leaves(ic.params), jax.tree.leaves(result.best_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert ic.meta["feature_names"] == list(ds.feature_names)
+    assert ic.meta["classes"] == [0, 1]
+    np.testing.assert_allclose(ic.meta["standardizer"]["mean"], ds.standardizer.mean)
+    assert ic.meta["metrics"]["epoch"] == 4
+    assert ic.config == cfg
+    # a step folder works too, and so does restoring onto a named device
+    assert K.restore_for_inference(Path(cfg.resolved_workdir) / "2", device=jax.devices()[0]).step == 2
+    # a second run on the same workdir with a larger budget resumes, not restarts
+    more = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "6"})
+    again = T.fit(more, ds, workdir=more.resolved_workdir, progress=False)
+    assert again.resumed_from == 4
+    assert [h["epoch"] for h in again.history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_a_different_config_or_data_is_refused(tmp_path, tiny_csv):
+    cfg = tiny_config(tmp_path, tiny_csv)
+    ds = D.prepare(cfg.data, cfg.seed)
+    T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+    changed = tiny_config(tmp_path, tiny_csv, **{"optim.learning_rate": "0.01", "model.hidden_sizes": "32"})
+    with pytest.raises(K.CheckpointError) as info:
+        T.fit(changed, ds, workdir=cfg.resolved_workdir, progress=False)
+    msg = str(info.value)
+    assert "model.hidden_sizes" in msg and "optim.learning_rate" in msg and "0.001" in msg
+    other_csv = write_tiny_csv(tmp_path / "other.csv", seed=9)
+    with pytest.raises(K.CheckpointError, match="the data changed"):
+        T.fit(
+            cfg,
+            D.prepare(cfg.data.__class__(path=str(other_csv)), cfg.seed),
+            workdir=cfg.resolved_workdir,
+            progress=False,
+        )
+
+
+def test_bad_checkpoint_paths_are_named(tmp_path):
+    with pytest.raises(K.CheckpointError, match="does not exist"):
+        K.restore_for_inference(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(K.CheckpointError, match="not a checkpoint"):
+        K.restore_for_inference(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(K.CheckpointError, match="is a file"):
+        K.restore_for_inference(tmp_path / "file.txt")
+
+
+# ----------------------------------------------------------------------------- kill -9 and resume
+
+
+def _command(csv: Path, workdir: Path) -> list[str]:
+    overrides = {
+        "data.path": str(csv),
+        "workdir": str(workdir),
+        "model.hidden_sizes": "64,32",
+        "train.epochs": "10",
+        "train.batch_size": "64",
+        "train.patience": "0",
+        "train.checkpoint_every": "1",
+        "train.progress": "false",
+        "train.compare_sklearn": "false",
+        "tracking.enabled": "false",
+    }
+    return [sys.executable, "-m", "experiments.baseline", *(f"{k}={v}" for k, v in overrides.items())]
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=180, env=_env())
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ref")
+    csv = write_tiny_csv(tmp / "data.csv", n=8000)
+    _run(_command(csv, tmp / "ref"))
+    return csv, tmp / "ref"
+
+
+def _summary_numbers(workdir: Path) -> dict:
+    import json
+
+    s = json.loads((workdir / "summary.json").read_text())
+    return {k: s[k] for k in ("test_accuracy", "test_loss", "best_epoch", "epochs_run", "best_val_loss")}
+
+
+@pytest.mark.parametrize("moment", ["after_step_3", "during_a_save"])
+def test_sigkill_then_rerun_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, reference, moment):
+    csv, ref = reference
+    workdir = tmp_path / "killed"
+    cmd = _command(csv, workdir)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            names = [p.name for p in workdir.iterdir()] if workdir.exists() else []
+            if moment == "after_step_3" and "3" in names:
+                break
+            if moment == "during_a_save" and any("tmp" in n for n in names) and "2" in names:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (workdir / "summary.json").exists()
+    _run(cmd)  # the same command again resumes and finishes
+    assert _summary_numbers(workdir) == _summary_numbers(ref)
+    for a, b in zip(_arrays(workdir), _arrays(ref), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,85 @@
+import dataclasses
+import json
+
+import pytest
+
+from mlp_jax import config as C
+
+
+def test_defaults_are_frozen_and_flat_keys_cover_every_field():
+    cfg = C.Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1  # type: ignore[misc]
+    flat = C.to_flat_dict(cfg)
+    assert flat["model.hidden_sizes"] == (128, 64)
+    assert flat["optim.learning_rate"] == 1e-3
+    assert flat["seed"] == 0
+    assert len(flat) == sum(
+        len(dataclasses.fields(getattr(cfg, f.name))) if dataclasses.is_dataclass(getattr(cfg, f.name)) else 1
+        for f in dataclasses.fields(cfg)
+    )
+
+
+def test_overrides_parse_each_type():
+    cfg = C.apply_overrides(
+        C.Config(),
+        [
+            "train.epochs=5",
+            "model.hidden_sizes=256,128",
+            "optim.learning_rate=3e-3",
+            "data.path=my.csv",
+            "data.target=label",
+            "workdir=/tmp/run1",
+            "train.progress=false",
+            "optim.name=sgd",
+            "data.n_samples=1e4",
+        ],
+    )
+    assert cfg.train.epochs == 5
+    assert cfg.model.hidden_sizes == (256, 128)
+    assert cfg.optim.learning_rate == pytest.approx(3e-3)
+    assert (cfg.data.path, cfg.data.target, cfg.workdir) == ("my.csv", "label", "/tmp/run1")
+    assert cfg.train.progress is False
+    assert cfg.optim.name == "sgd"
+    assert cfg.data.n_samples == 10_000
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("optim.learnin_rate=1", "did you mean optim.learning_rate"),
+        ("epochs=3", "did you mean train.epochs"),
+        ("train.epochs=five", "train.epochs: expected int, got 'five'"),
+        ("train.epochs=2.5", "train.epochs: expected int"),
+        ("optim.learning_rate=fast", "optim.learning_rate: expected float"),
+        ("train.progress=maybe", "train.progress: expected bool"),
+        ("optim.name=rmsprop", "optim.name: 'rmsprop' is not one of adam, adamw, sgd"),
+        ("model.hidden_sizes=128,x", "model.hidden_sizes: expected int"),
+        ("model.hidden_sizes=0", "model.hidden_sizes: needs positive sizes"),
+        ("data.val_fraction=1.5", "data.val_fraction: must be in (0, 1)"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("noequals", "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(item, message):
+    with pytest.raises(C.ConfigError, match=None) as info:
+        C.apply_overrides(C.Config(), [item])
+    assert message in str(info.value)
+
+
+def test_json_round_trip_and_diff():
+    cfg = C.apply_overrides(C.Config(), ["model.hidden_sizes=32,16,8", "optim.name=adamw"])
+    back = C.from_json(C.to_json(cfg))
+    assert back == cfg
+    json.loads(C.to_json(cfg))  # valid JSON
+    other = C.apply_overrides(cfg, ["train.epochs=99", "seed=3"])
+    assert C.diff(cfg, other) == ["seed", "train.epochs"]
+    assert C.diff(cfg, other, ignore=("train.epochs",)) == ["seed"]
+
+
+def test_help_lists_every_key_with_type_and_default():
+    text = C.help_text(C.Config())
+    for key in C.to_flat_dict(C.Config()):
+        assert key in text
+    assert "model.hidden_sizes" in text and "int,..." in text and "default: 128,64" in text
+    assert "{adam,adamw,sgd}" in text

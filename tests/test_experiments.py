@@ -1,0 +1,93 @@
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, write_tiny_csv
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off"}
+
+
+def _baseline(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.baseline", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ENV,
+    )
+
+
+def test_baseline_end_to_end_with_a_tiny_config(tmp_path):
+    csv = write_tiny_csv(tmp_path / "d.csv", n=1500, n_classes=3)
+    workdir = tmp_path / "run"
+    out = _baseline(
+        f"data.path={csv}",
+        f"workdir={workdir}",
+        "model.hidden_sizes=32,16",
+        "train.epochs=4",
+        "train.batch_size=32",
+        "tracking.enabled=false",
+        "train.progress=false",
+        "train.compare_sklearn=true",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout and "scikit-learn MLPClassifier" in out.stdout
+    assert str(workdir) in out.stdout
+    summary = json.loads((workdir / "summary.json").read_text())
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "best_epoch",
+        "epochs_run",
+        "train_samples_per_second",
+        "compile_seconds",
+        "n_features",
+        "classes",
+        "best_checkpoint",
+        "n_devices",
+        "timings",
+    ):
+        assert key in summary, key
+    assert summary["classes"] == [0, 1, 2] and summary["n_features"] == 6
+    assert summary["test_accuracy"] > 0.6 and summary["sklearn"]["test_accuracy"] > 0.5
+    assert (workdir / "plots" / "loss_curve.png").stat().st_size > 1000
+    assert (workdir / "plots" / "confusion_matrix.png").exists()
+    report = json.loads((workdir / "plots" / "classification_report.json").read_text())
+    assert set(report["per_class"]) == {"0", "1", "2"} and "roc_auc_ovr_macro" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["optim.learnin_rate=0.1"], 2, "did you mean optim.learning_rate"),
+        (["train.epochs=abc"], 2, "train.epochs: expected int, got 'abc'"),
+        (["data.path=does/not/exist.csv"], 1, "data file not found"),
+    ],
+)
+def test_bad_input_exits_nonzero_and_writes_nothing(tmp_path, args, code, message):
+    workdir = tmp_path / "run"
+    out = _baseline(*args, f"workdir={workdir}", "tracking.enabled=false", cwd=tmp_path)
+    assert out.returncode == code
+    assert message in out.stderr
+    assert not workdir.exists()
+    assert not (tmp_path / "data").exists() or args[0].startswith("data.path")
+
+
+def test_help_lists_keys_and_the_docstring():
+    out = _baseline("--help")
+    assert out.returncode == 0
+    assert "python -m experiments.baseline" in out.stdout
+    assert "optim.learning_rate" in out.stdout and "float" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["baseline", "wide_deep", "cosine_schedule"])
+def test_every_experiment_has_get_config_and_a_docstring_with_its_command(name):
+    mod = importlib.import_module(f"experiments.{name}")
+    cfg = mod.get_config()
+    assert cfg.name == name
+    assert f"python -m experiments.{name}" in mod.__doc__ and "Expected" in mod.__doc__
