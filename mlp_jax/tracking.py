@@ -1,0 +1,561 @@
+"""MLflow tracking: the MLflow metric writer, the run's record, the registry and the champion gate.
+
+The runner calls :func:`start` before training (a store that cannot be used is a
+:class:`TrackingError` then, not after an hour of training), hands ``session.writer`` to
+the fit loop (one ``log_batch`` per epoch), and calls :meth:`Session.finish` after the
+test evaluation: test metrics, plots, report, the pyfunc model (``mlp_jax/pyfunc.py``),
+a new registry version and the champion/challenger gate. On failure it calls
+:meth:`Session.abort`, which marks the run FAILED and deletes a version it had begun.
+
+Store: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default
+``sqlite:///<cwd>/mlflow.db`` with artifacts under ``./mlruns``.
+
+Resumed training: the run id is kept in ``<workdir>/mlflow_run.json``. When training
+resumes from a checkpoint of a run that did not finish (crashed, killed, FAILED), the same
+MLflow run continues; epochs it already holds are not logged twice (a resume is bitwise
+identical). When that run had finished, a new run starts, tagged
+``mlp_jax.continues_run``, and gets the full metric history from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlp_jax.config import Config, to_flat_dict, to_json
+
+CHAMPION_ALIAS = "champion"
+#: The validation metric the gate compares (lower is better).
+GATE_METRIC = "best_val_loss"
+RUN_FILE = "mlflow_run.json"
+EPOCH_METRICS = (
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "learning_rate",
+    "samples_per_second",
+    "epoch_seconds",
+)
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used, or the run could not be recorded; the message says why."""
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def resolve_uri(config: Config) -> str:
+    """``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    return config.tracking.uri or mlflow.get_tracking_uri()
+
+
+def check_store(uri: str, create: bool = True, timeout: float = 5.0) -> None:
+    """Cheap reachability check of a tracking/registry store, before MLflow's own retries.
+
+    MLflow retries a refused HTTP connection for minutes; this answers in ``timeout``
+    seconds. For SQLite it checks that the database (``create=False``) or its folder exists.
+
+    Raises:
+      TrackingError: naming the store and the problem.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(
+                uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                timeout=(timeout, 2 * timeout),
+            )
+        except requests.RequestException as e:
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); "
+                "start it, fix MLFLOW_TRACKING_URI / tracking.uri, or run with tracking.enabled=false"
+            ) from None
+    elif parsed.scheme == "sqlite":
+        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+        if path is None or str(path) in ("", ":memory:"):
+            return
+        if not create and not path.is_file():
+            raise TrackingError(f"no MLflow database at {path} (tracking URI {uri})")
+        if create and not path.parent.is_dir():
+            raise TrackingError(f"MLflow database folder {path.parent} does not exist or is not a folder (URI {uri})")
+
+
+def _param_value(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ----------------------------------------------------------------------------- writer
+
+
+class MlflowWriter:
+    """The :class:`mlp_jax.writer.MetricWriter` back end: one ``log_batch`` per epoch."""
+
+    def __init__(self, client: MlflowClient, run_id: str, logged_steps: set[int] | None = None):
+        self.client = client
+        self.run_id = run_id
+        self.logged_steps = set(logged_steps or ())  # epochs the run already holds (a continued run)
+
+    def write_hparams(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's per-batch limit for params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        if step in self.logged_steps:
+            return
+        ts = _now_ms()
+        metrics = [Metric(k, float(v), ts, int(step)) for k, v in scalars.items() if math.isfinite(float(v))]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        self.logged_steps.add(int(step))
+
+    def write_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- champion gate
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a new version becomes champion, and the numbers behind it."""
+
+    promote: bool
+    reason: str
+    challenger_val_loss: float
+    champion_version: str | None = None
+    champion_val_loss: float | None = None
+
+    def tags(self) -> dict[str, str]:
+        out = {
+            "champion_gate.decision": "promoted" if self.promote else "rejected",
+            "champion_gate.reason": self.reason,
+            "champion_gate.metric": GATE_METRIC,
+            "champion_gate.challenger_val_loss": repr(self.challenger_val_loss),
+        }
+        if self.champion_version is not None:
+            out["champion_gate.champion_version"] = self.champion_version
+        if self.champion_val_loss is not None:
+            out["champion_gate.champion_val_loss"] = repr(self.champion_val_loss)
+        return out
+
+
+def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None) -> GateDecision:
+    """Champion/challenger: promote only on a strictly lower validation loss on the same data.
+
+    Args:
+      challenger_val_loss: the new version's best validation loss.
+      digest: the new version's dataset digest.
+      champion: the current champion's ``version``, ``val_loss`` and ``dataset_digest``
+        (None when there is no champion).
+    """
+    if not math.isfinite(challenger_val_loss):
+        return GateDecision(False, "challenger validation loss is not finite", challenger_val_loss)
+    if champion is None:
+        return GateDecision(True, "no champion yet", challenger_val_loss)
+    version, loss, champ_digest = champion.get("version"), champion.get("val_loss"), champion.get("dataset_digest")
+    if loss is None or champ_digest is None:
+        return GateDecision(
+            False, f"champion v{version} has no recorded {GATE_METRIC} or dataset digest", challenger_val_loss, version
+        )
+    if champ_digest != digest:
+        return GateDecision(
+            False,
+            f"not comparable: champion v{version} was validated on dataset {champ_digest}, this run on {digest} "
+            f"(move the alias by hand if the new data should replace it)",
+            challenger_val_loss,
+            version,
+            loss,
+        )
+    if challenger_val_loss < loss:
+        return GateDecision(
+            True, f"{challenger_val_loss:.6g} < champion v{version} {loss:.6g}", challenger_val_loss, version, loss
+        )
+    return GateDecision(
+        False, f"{challenger_val_loss:.6g} >= champion v{version} {loss:.6g}", challenger_val_loss, version, loss
+    )
+
+
+def current_champion(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The version behind alias ``champion`` with its gate numbers, or None when there is none."""
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    tags = mv.tags or {}
+    loss = tags.get(GATE_METRIC)
+    if loss is None and mv.run_id:
+        loss = client.get_run(mv.run_id).data.metrics.get(GATE_METRIC)
+    return {
+        "version": str(mv.version),
+        "val_loss": float(loss) if loss is not None else None,
+        "dataset_digest": tags.get("dataset_digest"),
+    }
+
+
+# ----------------------------------------------------------------------------- session
+
+
+def _dataset_entity(dataset: Any) -> Any:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, Schema
+
+    label = "long" if all(isinstance(c, int) for c in dataset.classes) else "string"
+    schema = Schema([*(ColSpec("double", n) for n in dataset.feature_names), ColSpec(label, "target")])
+    try:
+        source = resolve_dataset_source(dataset.source)
+    except MlflowException:
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+
+        source = CodeDatasetSource({"source": str(dataset.source)})
+    return MetaDataset(source=source, name=Path(str(dataset.source)).stem, digest=dataset.digest, schema=schema)
+
+
+def _read_run_file(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _has_checkpoint(workdir: Path) -> bool:
+    from mlp_jax.checkpoint import CheckpointError, resolve
+
+    try:
+        resolve(workdir)
+    except CheckpointError:
+        return False
+    return True
+
+
+class Session:
+    """One tracked run: the writer for the fit loop, then :meth:`finish` or :meth:`abort`."""
+
+    def __init__(self, config: Config, dataset: Any, uri: str, client: MlflowClient, run_id: str, continued: bool):
+        self.config = config
+        self.dataset = dataset
+        self.uri = uri
+        self.client = client
+        self.run_id = run_id
+        self.continued = continued
+        self.mlflow_dataset = _dataset_entity(dataset)
+        logged = {m.step for m in client.get_metric_history(run_id, "val_loss")} if continued else set()
+        self.writer = MlflowWriter(client, run_id, logged)
+        self._pending_version: str | None = None
+        self._done = False
+
+    # ------------------------------------------------------------------ start
+
+    def _log_start(self, previous: str | None) -> None:
+        """Params, config, dataset input and tags; a continued run keeps the params it has."""
+        flat = {k: _param_value(v) for k, v in to_flat_dict(self.config).items()}
+        tags = {
+            "mlp_jax.experiment": self.config.name,
+            "mlp_jax.workdir": str(Path(self.config.resolved_workdir).resolve()),
+            "dataset_digest": self.dataset.digest,
+            "dataset_source": str(self.dataset.source),
+        }
+        if previous:
+            tags["mlp_jax.continues_run"] = previous
+        if self.continued:
+            have = self.client.get_run(self.run_id).data.params
+            changed = {k: v for k, v in flat.items() if k in have and have[k] != v}
+            flat = {k: v for k, v in flat.items() if k not in have}
+            tags.update({f"mlp_jax.resume_changed.{k}": f"{have[k]} -> {v}" for k, v in changed.items()})
+            tags["mlp_jax.resumed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.writer.write_hparams(flat)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        if not self.continued:
+            mlflow.log_input(
+                self.mlflow_dataset,
+                context="training",
+                tags={f"rows_{k}": str(v) for k, v in self.dataset.split_sizes().items()},
+            )
+        self.client.log_dict(self.run_id, json.loads(to_json(self.config)), "config.json")
+
+    # ------------------------------------------------------------------ finish
+
+    def finish(
+        self,
+        workdir: Path,
+        summary: Mapping[str, Any],
+        history: list[dict[str, Any]],
+        report: Mapping[str, Any],
+        artifacts: list[Path],
+        checkpoint: str | None,
+    ) -> dict[str, Any]:
+        """Records the results, registers the model, runs the champion gate and ends the run.
+
+        Returns the items the runner merges into ``summary.json``.
+
+        Raises:
+          TrackingError: the results could not be recorded (the run is marked FAILED and
+            no half-registered version is left behind).
+        """
+        cfg = self.config.tracking
+        client, run_id = self.client, self.run_id
+        try:
+            missing = [h for h in history if int(h["epoch"]) not in self.writer.logged_steps]
+            if missing:  # epochs trained before a resume into a new run, or never logged
+                ts = _now_ms()
+                metrics = [
+                    Metric(k, float(h[k]), ts, int(h["epoch"])) for h in missing for k in EPOCH_METRICS if k in h
+                ]
+                for i in range(0, len(metrics), 1000):
+                    client.log_batch(run_id, metrics=metrics[i : i + 1000])
+                self.writer.logged_steps.update(int(h["epoch"]) for h in missing)
+            for path in artifacts:
+                client.log_artifact(run_id, str(path), "plots")
+            final = self._final_metrics(summary, report)
+            client.log_batch(
+                run_id,
+                tags=[
+                    RunTag("mlp_jax.resumed_from_epoch", str(summary.get("resumed_from_epoch"))),
+                    RunTag("mlp_jax.best_checkpoint", str(checkpoint)),
+                ],
+            )
+            out: dict[str, Any] = {
+                "mlflow_run_id": run_id,
+                "mlflow_experiment_id": client.get_run(run_id).info.experiment_id,
+                "mlflow_tracking_uri": self.uri,
+                "registered_model": cfg.registered_model,
+                "model_version": None,
+                "model_uri": None,
+                "champion": False,
+            }
+            if checkpoint is None:
+                mlflow.log_metrics(final, run_id=run_id, dataset=self.mlflow_dataset)
+                print("mlflow: no checkpoint to register", flush=True)
+            else:
+                out.update(self._register(checkpoint, summary, final))
+            record = {k: v for k, v in {**summary, **out}.items() if k != "timings"}
+            client.log_dict(run_id, json.loads(json.dumps(record, default=str)), "summary.json")
+            self._end("FINISHED")
+            self._pending_version = None
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(f"recording MLflow run {run_id} at {self.uri} failed: {type(e).__name__}: {e}") from e
+        self._write_run_file(workdir, "FINISHED")
+        return out
+
+    def _final_metrics(self, summary: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, float]:
+        values = {
+            "test_accuracy": summary.get("test_accuracy"),
+            "test_loss": summary.get("test_loss"),
+            "test_roc_auc": summary.get("test_roc_auc"),
+            "test_macro_f1": report.get("macro_avg", {}).get("f1-score"),
+            "test_weighted_f1": report.get("weighted_avg", {}).get("f1-score"),
+            GATE_METRIC: summary.get("best_val_loss"),
+            "best_val_accuracy": summary.get("best_val_accuracy"),
+            "best_epoch": summary.get("best_epoch"),
+            "epochs_run": summary.get("epochs_run"),
+            "train_samples_per_second_mean": summary.get("train_samples_per_second"),
+            "compile_seconds": summary.get("compile_seconds"),
+        }
+        return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
+
+    def _register(self, checkpoint: str, summary: Mapping[str, Any], final: dict[str, float]) -> dict[str, Any]:
+        from mlp_jax import pyfunc
+
+        name = self.config.tracking.registered_model
+        client = self.client
+        digest = self.dataset.digest
+        val_loss = float(summary.get("best_val_loss") or math.nan)
+        info = pyfunc.log_model(
+            checkpoint,
+            params={k: _param_value(v) for k, v in to_flat_dict(self.config).items()},
+        )
+        # test metrics on the run and on the logged model, linked to the dataset
+        mlflow.log_metrics(final, run_id=self.run_id, model_id=info.model_id, dataset=self.mlflow_dataset)
+
+        champion = current_champion(client, name)
+        decision = champion_gate(val_loss, digest, champion)
+        version_tags = {
+            GATE_METRIC: repr(val_loss),
+            "dataset_digest": digest,
+            "dataset_source": str(self.dataset.source),
+            "test_accuracy": repr(final.get("test_accuracy")),
+            "experiment": self.config.name,
+            **decision.tags(),
+        }
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(
+                name,
+                description=(
+                    "MLP classifier trained with mlp-jax (JAX/Flax NNX). Each tracked run adds a version; "
+                    f"alias '{CHAMPION_ALIAS}' follows the lowest {GATE_METRIC} on the same dataset digest."
+                ),
+            )
+        mv = client.create_model_version(
+            name,
+            source=info.model_uri,
+            run_id=self.run_id,
+            tags=version_tags,
+            description=(
+                f"{self.config.name}: {GATE_METRIC} {val_loss:.6g}, test accuracy "
+                f"{final.get('test_accuracy', math.nan):.4f}, dataset {digest}"
+            ),
+            model_id=info.model_id,
+        )
+        self._pending_version = str(mv.version)
+        try:
+            if decision.promote:
+                client.set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
+            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
+        except Exception:
+            self._delete_pending()
+            raise
+        before = (
+            f"v{decision.champion_version} ({decision.champion_val_loss:.6g})"
+            if decision.champion_val_loss is not None
+            else "none"
+        )
+        print(
+            f"mlflow: registered {name} v{mv.version}; champion gate on {GATE_METRIC} "
+            f"(dataset {digest}): {val_loss:.6g} vs champion {before} -> "
+            f"{'PROMOTED to @' + CHAMPION_ALIAS if decision.promote else 'kept the champion'} ({decision.reason})",
+            flush=True,
+        )
+        return {
+            "model_version": str(mv.version),
+            "model_uri": f"models:/{name}/{mv.version}",
+            "champion": decision.promote,
+            "champion_gate": {
+                "metric": GATE_METRIC,
+                "challenger_val_loss": val_loss,
+                "champion_version": decision.champion_version,
+                "champion_val_loss": decision.champion_val_loss,
+                "decision": "promoted" if decision.promote else "rejected",
+                "reason": decision.reason,
+            },
+        }
+
+    # ------------------------------------------------------------------ failure
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Marks the run FAILED (KILLED on Ctrl-C) and removes a version this session began registering.
+
+        Never raises: the original error is what the caller should see.
+        """
+        if self._done:
+            return
+        try:
+            self._delete_pending()
+            if exc is not None:
+                self.client.set_tag(self.run_id, "mlp_jax.error", f"{type(exc).__name__}: {exc}"[:5000])
+        except Exception as e:  # the store may be what failed
+            print(f"mlflow: could not record the failure of run {self.run_id}: {e}", flush=True)
+        try:
+            self._end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        except Exception as e:
+            print(f"mlflow: could not end run {self.run_id}: {e}", flush=True)
+
+    def _delete_pending(self) -> None:
+        if self._pending_version is not None:
+            version, self._pending_version = self._pending_version, None
+            self.client.delete_model_version(self.config.tracking.registered_model, version)
+
+    def _end(self, status: str) -> None:
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == self.run_id:
+            mlflow.end_run(status)
+        else:
+            self.client.set_terminated(self.run_id, status)
+        self._done = True
+
+    def _write_run_file(self, workdir: Path, status: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        payload = {"run_id": self.run_id, "tracking_uri": self.uri, "status": status}
+        tmp = workdir / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2))
+        os.replace(tmp, workdir / RUN_FILE)
+
+
+def start(config: Config, dataset: Any) -> Session:
+    """Opens (or continues) the MLflow run for ``config`` before training.
+
+    Raises:
+      TrackingError: the store is unreachable, locked or not writable, or the registered
+        model name is refused; nothing has been trained yet.
+    """
+    cfg = config.tracking
+    uri = resolve_uri(config)
+    if not cfg.registered_model.strip():
+        raise TrackingError("tracking.registered_model must name a registered model")
+    check_store(uri)
+    workdir = Path(config.resolved_workdir).resolve()
+    session = None
+    try:
+        mlflow.set_tracking_uri(uri)
+        client = MlflowClient(uri)
+        experiment = mlflow.set_experiment(cfg.experiment)
+        try:
+            client.get_registered_model(cfg.registered_model)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        previous = _read_run_file(workdir)
+        continue_id, continues = None, None
+        if previous and previous.get("tracking_uri") == uri and _has_checkpoint(workdir):
+            try:
+                old = client.get_run(previous["run_id"])
+            except MlflowException:
+                old = None
+            if old is not None and old.info.lifecycle_stage == "active":
+                if old.info.status == "FINISHED" or old.info.experiment_id != experiment.experiment_id:
+                    continues = old.info.run_id
+                else:
+                    continue_id = old.info.run_id
+        nested = mlflow.active_run() is not None
+        if continue_id:
+            run = mlflow.start_run(run_id=continue_id, nested=nested)
+        else:
+            run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.name, nested=nested)
+        session = Session(config, dataset, uri, client, run.info.run_id, continued=bool(continue_id))
+        session._log_start(continues)
+        session._write_run_file(workdir, "RUNNING")
+    except TrackingError:
+        raise
+    except Exception as e:
+        if session is not None:
+            session.abort(e)
+        raise TrackingError(
+            f"MLflow store {uri} is not usable ({type(e).__name__}: {e}); nothing was trained. "
+            "Fix the store or run with tracking.enabled=false"
+        ) from e
+    how = "continuing run" if continue_id else "run"
+    browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite:") else ""
+    print(f"mlflow: {how} {session.run_id} in experiment {cfg.experiment!r} at {uri}{browse}", flush=True)
+    return session
