@@ -6,6 +6,12 @@ pass (standardise -> MLP -> softmax) is compiled ahead of time for a fixed set o
 batch-size buckets; a request is padded up to the next bucket and sliced back, so no
 request shape ever triggers a compilation. Batches larger than the biggest bucket are
 cut into bucket-sized chunks.
+
+Inside every bucket the rows go through the network in fixed tiles of :data:`ROW_TILE`
+rows (``lax.map`` over tiles). XLA picks its matmul kernel and blocking from the batch
+size, so a 1-row and a 4096-row matmul round differently in the last bit; with one tile
+shape for every bucket, a row's probabilities are bitwise the same whatever else was in
+its request, so the service, the batch command and the pyfunc agree exactly.
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ from mlp_jax.checkpoint import InferenceCheckpoint, restore_for_inference
 from mlp_jax.data import Standardizer
 from mlp_jax.train import predict_proba_fn
 
-DEFAULT_BUCKETS = (1, 8, 32, 128, 512, 2048)
+#: Rows per matmul inside every compiled program (see the module docstring).
+ROW_TILE = 32
+#: Batch sizes compiled at construction (multiples of ROW_TILE; others are rounded up to one).
+DEFAULT_BUCKETS = (32, 256, 1024, 4096)
 MODEL_URI_SCHEMES = ("models:/", "runs:/")
+#: Compilation events JAX reports through ``jax.monitoring`` (used to prove none happen per request).
+COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",)
 
 
 class PredictorError(ValueError):
@@ -34,24 +45,40 @@ class PredictorError(ValueError):
 class Predictor:
     """``predict_proba(rows)`` for raw (unstandardised) feature rows of one checkpoint."""
 
-    def __init__(self, ckpt: InferenceCheckpoint, buckets: Sequence[int] = DEFAULT_BUCKETS, source: str | None = None):
+    def __init__(
+        self,
+        ckpt: InferenceCheckpoint,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        source: str | None = None,
+        name: str | None = None,
+        version: str | None = None,
+    ):
         meta = ckpt.meta
         self.checkpoint = ckpt
         self.source = source or str(ckpt.path)
+        #: Registered model name and version for registry URIs; experiment name and ``step-N`` otherwise.
+        self.name: str = name or str(meta["config"].get("name") or ckpt.path.parent.name)
+        self.version: str = version or f"step-{ckpt.step}"
         self.feature_names: tuple[str, ...] = tuple(meta["feature_names"])
         self.classes: tuple[Any, ...] = tuple(meta["classes"])
         self.n_features = len(self.feature_names)
         self.metrics: dict[str, Any] = meta.get("metrics", {})
-        self.buckets = tuple(sorted(set(int(b) for b in buckets)))
-        if not self.buckets or self.buckets[0] < 1:
+        if not buckets or min(int(b) for b in buckets) < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
+        self.buckets = tuple(sorted({-(-int(b) // ROW_TILE) * ROW_TILE for b in buckets}))
         scaler = Standardizer.from_dict(meta["standardizer"])
         device = jax.local_devices()[0]
         mean, scale = jax.device_put((scaler.mean, scaler.scale), device)
         proba = predict_proba_fn(ckpt.graphdef)
 
         def forward(params: Any, mean: jax.Array, scale: jax.Array, x: jax.Array) -> jax.Array:
-            return proba(params, (x - mean) / scale)
+            def tile(xt: jax.Array) -> jax.Array:
+                return proba(params, (xt - mean[None, :]) / scale[None, :])  # explicit ranks (strict promotion)
+
+            n, width = x.shape
+            if n == ROW_TILE:
+                return tile(x)
+            return jax.lax.map(tile, x.reshape(n // ROW_TILE, ROW_TILE, width)).reshape(n, -1)
 
         self._args = (ckpt.params, mean, scale)
         jitted = jax.jit(forward)
@@ -73,7 +100,10 @@ class Predictor:
         if text.startswith(MODEL_URI_SCHEMES):
             from mlp_jax.pyfunc import download_checkpoint  # mlflow only for registry URIs
 
-            return cls(restore_for_inference(download_checkpoint(text)), buckets, source=text)
+            name, version = registry_name_version(text)
+            return cls(
+                restore_for_inference(download_checkpoint(text)), buckets, source=text, name=name, version=version
+            )
         return cls(restore_for_inference(text), buckets, source=text)
 
     # -------------------------------------------------------------------- prediction
@@ -87,11 +117,19 @@ class Predictor:
         return self.buckets[min(i, len(self.buckets) - 1)]
 
     def check_rows(self, rows: Any) -> np.ndarray:
-        """A float32 ``[n, n_features]`` array, or PredictorError naming the problem."""
-        try:
-            x = np.asarray(rows, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise PredictorError(f"rows must be numbers: {e}") from None
+        """A float32 ``[n, n_features]`` array, or PredictorError naming the problem (expected vs got)."""
+        if isinstance(rows, np.ndarray) and rows.dtype == np.float32:
+            x = rows
+        else:
+            if isinstance(rows, np.ndarray) and not (
+                np.issubdtype(rows.dtype, np.number) and not np.issubdtype(rows.dtype, np.complexfloating)
+            ):
+                raise PredictorError(f"rows must be real numbers, got an array of dtype {rows.dtype}")
+            try:
+                with np.errstate(over="ignore"):  # float64 values past float32's range become inf, reported below
+                    x = np.asarray(rows, dtype=np.float32)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise PredictorError(self._explain_bad_rows(rows, e)) from None
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2:
@@ -101,9 +139,28 @@ class Predictor:
         if x.shape[1] != self.n_features:
             raise PredictorError(f"expected {self.n_features} features per row, got {x.shape[1]}")
         if not np.isfinite(x).all():
-            bad = np.argwhere(~np.isfinite(x))[0]
-            raise PredictorError(f"non-finite value at row {bad[0]}, feature {self.feature_names[bad[1]]!r}")
+            row, col = np.argwhere(~np.isfinite(x))[0]
+            raise PredictorError(
+                f"non-finite value (NaN, inf, or beyond float32's range) at row {row}, "
+                f"feature {self.feature_names[col]!r}: expected a finite number"
+            )
         return x
+
+    def _explain_bad_rows(self, rows: Any, error: Exception) -> str:
+        """Names the first ragged or non-numeric row of a nested sequence."""
+        if (
+            isinstance(rows, Sequence)
+            and rows
+            and all(isinstance(r, Sequence) and not isinstance(r, str) for r in rows)
+        ):
+            for i, r in enumerate(rows):
+                if len(r) != self.n_features:
+                    return f"expected {self.n_features} features per row, got {len(r)} in row {i}"
+            for i, r in enumerate(rows):
+                for j, v in enumerate(r):
+                    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
+                        return f"row {i}, feature {self.feature_names[j]!r}: expected a number, got {v!r}"
+        return f"rows must be numbers: {error}"
 
     def predict_proba(self, rows: Any) -> np.ndarray:
         """Probabilities ``[n, n_classes]`` (float32) for raw feature rows."""
@@ -116,8 +173,17 @@ class Predictor:
         n = len(x)
         b = self.bucket_for(n)
         if n < b:
-            x = np.concatenate([x, np.zeros((b - n, x.shape[1]), np.float32)])
+            padded = np.zeros((b, x.shape[1]), np.float32)
+            padded[:n] = x
+            x = padded
+        # Only AOT-compiled executables are called here: a shape outside the buckets would
+        # raise instead of compiling.
         return np.asarray(self._compiled[b](*self._args, x))[:n]
+
+    def warmup(self) -> None:
+        """Runs every bucket once, so the first request does not pay for first-call allocations."""
+        for b in self.buckets:
+            self._compiled[b](*self._args, np.zeros((b, self.n_features), np.float32)).block_until_ready()
 
     def labels(self, probs: np.ndarray) -> list[Any]:
         """Original class labels of the most probable class per row."""
@@ -149,8 +215,11 @@ class Predictor:
         return out
 
     def describe(self) -> dict[str, Any]:
+        """Name, version, checkpoint, feature names, classes, metrics: what ``/metadata`` shows."""
         meta = self.checkpoint.meta
         return {
+            "name": self.name,
+            "version": self.version,
             "source": self.source,
             "checkpoint": str(self.checkpoint.path),
             "step": self.step,
@@ -162,3 +231,26 @@ class Predictor:
             "dataset": meta.get("data", {}),
             "buckets": list(self.buckets),
         }
+
+
+def registry_name_version(uri: str) -> tuple[str | None, str | None]:
+    """``(name, version)`` of a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI (None, None otherwise).
+
+    An unknown name or alias raises MLflow's own error, which names it.
+    """
+    if not uri.startswith("models:/"):
+        return None, None
+    ref = uri[len("models:/") :].strip("/")
+    if ref.startswith("m-"):  # a logged model id (models:/m-<id>) is not a registered name
+        return None, None
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = ref.partition("/")
+    if version.isdigit():
+        return name, version
+    versions = client.search_model_versions(f"name = '{name}'")  # "latest" or no version: the newest one
+    return name, str(max(int(v.version) for v in versions)) if versions else None
