@@ -28,7 +28,15 @@ from orbax.checkpoint import checkpoint_managers
 from mlp_jax.config import Config, diff, from_dict
 
 #: Keys that may change between a run and its resume (they do not change the result).
-RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.compare_sklearn", "tracking.", "workdir")
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.progress",
+    "train.compare_sklearn",
+    "train.num_devices",  # a checkpoint written on N devices resumes on M
+    "dist.",
+    "tracking.",
+    "workdir",
+)
 
 
 class CheckpointError(RuntimeError):

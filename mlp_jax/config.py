@@ -84,6 +84,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistConfig:
+    """Several processes as one JAX program (``jax.distributed``); empty = single process.
+
+    Each field falls back to an environment variable when left at its default:
+    ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``.
+    """
+
+    coordinator_address: str = ""  # host:port of process 0
+    num_processes: int = 0  # 0 = from the environment, else 1 (single process)
+    process_id: int = -1  # -1 = from the environment
+    timeout_seconds: int = 60  # how long to wait for the coordinator / the other processes
+    cpu_collectives: Literal["gloo", "mpi"] = "gloo"  # cross-process collectives on CPU
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow tracking (imported only when enabled)."""
 
@@ -104,6 +119,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
@@ -279,6 +295,8 @@ def validate(c: Config) -> None:
     need(t.patience >= 0, "train.patience", "must be >= 0")
     need(t.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
     need(t.num_devices >= 0, "train.num_devices", "must be >= 0")
+    need(c.dist.num_processes >= 0, "dist.num_processes", "must be >= 0")
+    need(c.dist.timeout_seconds >= 1, "dist.timeout_seconds", "must be >= 1")
 
 
 def help_text(config: Config) -> str:
@@ -303,6 +321,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "DistConfig",
     "ModelConfig",
     "OptimConfig",
     "TrackingConfig",

@@ -53,12 +53,14 @@ def check_workdir(workdir: Path) -> None:
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     """Runs one experiment end to end and returns its summary (also written to ``summary.json``)."""
     from mlp_jax import data as data_lib
-    from mlp_jax import evaluate, train
+    from mlp_jax import distributed, evaluate, train
     from mlp_jax.writer import NullWriter
 
     timings: dict[str, float] = {}
     workdir = Path(config.resolved_workdir).resolve()
     check_workdir(workdir)
+    processes = distributed.initialize(config.dist)  # before JAX makes any array
+    primary = processes.process_id == 0
     enable_compilation_cache()
 
     t = time.perf_counter()
@@ -72,7 +74,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
     session = None
     writer = NullWriter()
-    if config.tracking.enabled:
+    if config.tracking.enabled and primary:
         t = time.perf_counter()
         from mlp_jax import tracking  # mlflow is imported only here
 
@@ -85,9 +87,16 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         timings.update(compile=result.compile_seconds, train=result.train_seconds, checkpoint=result.checkpoint_seconds)
 
         t = time.perf_counter()
-        probs = evaluate.predict_proba(result.state.graphdef, result.best_params, dataset.x_test)
+        best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
+        probs = evaluate.predict_proba(result.state.graphdef, best_params, dataset.x_test)
         report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
         test_loss = report["log_loss"]
+        if not primary:  # only process 0 writes plots, summary and tracking
+            return {
+                "test_accuracy": report["accuracy"],
+                "test_loss": report["log_loss"],
+                "process_id": processes.process_id,
+            }
         plots = workdir / "plots"
         artifacts = [
             evaluate.plot_loss_curve(result.history, plots / "loss_curve.png"),
@@ -221,9 +230,16 @@ def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: s
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlp_jax.checkpoint import CheckpointError
     from mlp_jax.data import DataError
+    from mlp_jax.distributed import DistributedError
     from mlp_jax.train import NonFiniteLossError
 
-    errors: tuple[type[BaseException], ...] = (ConfigError, DataError, CheckpointError, NonFiniteLossError)
+    errors: tuple[type[BaseException], ...] = (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        NonFiniteLossError,
+        DistributedError,
+    )
     if config.tracking.enabled:
         from mlp_jax.tracking import TrackingError
 
@@ -233,5 +249,6 @@ def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: s
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print_summary(summary)
+    if "experiment" in summary:  # process 0 of a multi-process run, or a single process
+        print_summary(summary)
     return 0

@@ -122,13 +122,24 @@ def _sum(metrics: Metrics) -> Metrics:
     return jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
 
-def make_train_epoch(batch_size: int, batch_sharding: NamedSharding | None = None) -> Callable:
-    """``train_epoch(state, x, y, key) -> (state, metric sums)``, jitted with the state donated."""
+def make_train_epoch(
+    batch_size: int,
+    batch_sharding: NamedSharding | None = None,
+    n_rows: int | None = None,
+    out_sharding: NamedSharding | None = None,
+) -> Callable:
+    """``train_epoch(state, x, y, key) -> (state, metric sums)``, jitted with the state donated.
+
+    ``n_rows``: the real training rows when ``x`` is padded (to shard rows evenly over
+    processes); the permutation never picks the padding. ``out_sharding``: where the new
+    state and the sums live (replicated on the mesh), so every process can read them.
+    """
 
     def train_epoch(state: TrainState, x: jax.Array, y: jax.Array, key: jax.Array) -> tuple[TrainState, Metrics]:
         shuffle_key, dropout_key = jax.random.split(key)
-        steps = x.shape[0] // batch_size
-        order = jax.random.permutation(shuffle_key, x.shape[0])[: steps * batch_size].reshape(steps, batch_size)
+        rows = x.shape[0] if n_rows is None else n_rows
+        steps = rows // batch_size
+        order = jax.random.permutation(shuffle_key, rows)[: steps * batch_size].reshape(steps, batch_size)
 
         def body(state: TrainState, inputs: tuple[jax.Array, jax.Array]) -> tuple[TrainState, Metrics]:
             idx, step_key = inputs
@@ -141,10 +152,12 @@ def make_train_epoch(batch_size: int, batch_sharding: NamedSharding | None = Non
         state, metrics = jax.lax.scan(body, state, (order, jax.random.split(dropout_key, steps)))
         return state, _sum(metrics)
 
-    return jax.jit(train_epoch, donate_argnums=0)
+    if out_sharding is None:
+        return jax.jit(train_epoch, donate_argnums=0)
+    return jax.jit(train_epoch, donate_argnums=0, out_shardings=out_sharding)
 
 
-def make_evaluate(batch_sharding: NamedSharding | None = None) -> Callable:
+def make_evaluate(batch_sharding: NamedSharding | None = None, out_sharding: NamedSharding | None = None) -> Callable:
     """``evaluate(state, x, y, mask) -> metric sums`` over pre-batched ``[steps, batch, ...]`` arrays."""
 
     def evaluate(state: TrainState, x: jax.Array, y: jax.Array, mask: jax.Array) -> Metrics:
@@ -156,7 +169,7 @@ def make_evaluate(batch_sharding: NamedSharding | None = None) -> Callable:
         _, metrics = jax.lax.scan(body, None, (x, y, mask))
         return _sum(metrics)
 
-    return jax.jit(evaluate)
+    return jax.jit(evaluate) if out_sharding is None else jax.jit(evaluate, out_shardings=out_sharding)
 
 
 def batch_for_eval(x: np.ndarray, y: np.ndarray, batch_size: int, multiple: int = 1) -> tuple[np.ndarray, ...]:
@@ -188,6 +201,37 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
     if n > len(devices):
         raise ConfigError(f"train.num_devices: {n} requested but only {len(devices)} device(s) visible")
     return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def put_replicated(tree: Any, sharding: NamedSharding) -> Any:
+    """Places a host/local pytree on every device of the mesh (every process passes the same values)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]), tree)
+
+
+def put_rows(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The training rows on the mesh.
+
+    One process: replicated on every local device (each device gathers its batch rows
+    locally). Several processes: zero-padded to a multiple of the device count and
+    sharded by rows, each process holding only its own contiguous block; the epoch's
+    gather of shuffled rows then becomes a collective that XLA inserts.
+    """
+    mesh = sharding.mesh
+    if jax.process_count() == 1:
+        return jax.device_put(x, NamedSharding(mesh, P()))
+    n_dev = mesh.devices.size
+    padded = math.ceil(len(x) / n_dev) * n_dev
+    x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
+    per_process = padded // jax.process_count()
+    mine = x[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+    return jax.make_array_from_process_local_data(sharding, mine, x.shape)
+
+
+def local_copy(tree: Any) -> Any:
+    """A replicated (possibly multi-process) pytree as host numpy arrays of this process."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
 
 
 def check_batch_divides(config: Config, n_devices: int) -> None:
@@ -272,7 +316,7 @@ def fit(
     eval_sharding = NamedSharding(mesh, P(None, "data"))
 
     state = create_state(config, dataset.n_features, dataset.n_classes, n_train)
-    state = jax.device_put(state, replicated)
+    state = put_replicated(state, replicated)
     best_params = state.params
     stopper = EarlyStopping(tc.patience, tc.min_delta)
     history: list[dict[str, float]] = []
@@ -287,15 +331,18 @@ def fit(
         stopper.best_loss, stopper.best_epoch, stopper.bad_epochs = es["best_loss"], es["best_epoch"], es["bad_epochs"]
         start_epoch = resumed_from = restored.step
 
-    x_train = jax.device_put(dataset.x_train, replicated)
-    y_train = jax.device_put(dataset.y_train, replicated)
-    val = jax.device_put(batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size, n_dev), eval_sharding)
+    x_train = put_rows(dataset.x_train, batch_sharding)
+    y_train = put_rows(dataset.y_train, batch_sharding)
+    val = put_replicated(batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size, n_dev), eval_sharding)
+    _describe_layout(mesh, x_train, state)
 
     t0 = time.perf_counter()
     train_epoch = (
-        make_train_epoch(tc.batch_size, batch_sharding).lower(state, x_train, y_train, epoch_key(0, 0)).compile()
+        make_train_epoch(tc.batch_size, batch_sharding, n_train, replicated)
+        .lower(state, x_train, y_train, epoch_key(0, 0))
+        .compile()
     )
-    evaluate = make_evaluate(batch_sharding).lower(state, *val).compile()
+    evaluate = make_evaluate(batch_sharding, replicated).lower(state, *val).compile()
     compile_seconds = time.perf_counter() - t0
 
     schedule = optim.schedule(config.optim, max(steps_per_epoch(n_train, tc.batch_size), 1), tc.epochs)
@@ -373,7 +420,7 @@ def fit(
         resumed_from=resumed_from,
         checkpoint_seconds=checkpoint_seconds,
         best_checkpoint=best_checkpoint,
-        timings={"n_devices": n_dev},
+        timings={"n_devices": n_dev, "n_processes": jax.process_count()},
     )
 
 
@@ -392,8 +439,20 @@ def _meta(config: Config, dataset: Dataset, history: list, stopper: EarlyStoppin
     }
 
 
+def _describe_layout(mesh: jax.sharding.Mesh, x_train: jax.Array, state: TrainState) -> None:
+    if jax.process_index() != 0:
+        return
+    replicated = all(a.sharding.is_fully_replicated for a in jax.tree.leaves(state))
+    print(
+        f"devices: {mesh.devices.size} {jax.devices()[0].platform} device(s) over {jax.process_count()} process(es); "
+        f"batches sharded along 'data', train state {'replicated' if replicated else 'NOT replicated'}, "
+        f"training rows {'replicated' if x_train.sharding.is_fully_replicated else 'sharded by rows'}",
+        flush=True,
+    )
+
+
 def _progress(epochs: range, start: int, total: int, enabled: bool):
-    if not enabled:
+    if not enabled or jax.process_index() != 0:
         return epochs
     from tqdm.auto import tqdm
 

@@ -1,0 +1,106 @@
+"""Joining several processes into one JAX program with ``jax.distributed``.
+
+One code path for 1 or N devices and 1 or N processes: the fit loop builds a 1-D
+``data`` mesh over ``jax.devices()`` (every device of every process), replicates the
+train state, and shards each batch along the mesh; XLA inserts the collectives.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+
+import jax
+
+from mlp_jax.config import ConfigError, DistConfig
+
+
+class DistributedError(RuntimeError):
+    """The processes could not be joined (coordinator unreachable, timeout)."""
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    coordinator_address: str
+    num_processes: int
+    process_id: int
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.num_processes > 1
+
+
+def resolve(cfg: DistConfig) -> ProcessInfo:
+    """Config fields, falling back to ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``."""
+    address = cfg.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    try:
+        n = cfg.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+        pid = cfg.process_id if cfg.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "0"))
+    except ValueError as e:
+        raise ConfigError(f"dist: JAX_NUM_PROCESSES / JAX_PROCESS_ID must be integers ({e})") from None
+    if n > 1 and not address:
+        raise ConfigError("dist.coordinator_address: needed (host:port of process 0) when num_processes > 1")
+    if not 0 <= pid < max(n, 1):
+        raise ConfigError(f"dist.process_id: {pid} is not in [0, {n})")
+    return ProcessInfo(address, max(n, 1), pid)
+
+
+def initialize(cfg: DistConfig) -> ProcessInfo:
+    """Calls ``jax.distributed.initialize`` when more than one process is configured.
+
+    Must run before JAX creates its backends (before any array is made).
+
+    Raises:
+      DistributedError: when the coordinator cannot be reached within ``timeout_seconds``.
+    """
+    info = resolve(cfg)
+    if not info.is_distributed or jax.distributed.is_initialized():
+        return info
+    if info.process_id != 0:
+        # jaxlib aborts the whole process (SIGABRT, no Python exception) when the coordinator
+        # never answers; probing the TCP port first turns that into a clear, catchable error.
+        wait_for_coordinator(info.coordinator_address, cfg.timeout_seconds, info)
+    # Only the CPU client reads this; asking jax.default_backend() here would create the
+    # backends before initialize(), which must come first.
+    jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+    try:
+        jax.distributed.initialize(
+            coordinator_address=info.coordinator_address,
+            num_processes=info.num_processes,
+            process_id=info.process_id,
+            initialization_timeout=cfg.timeout_seconds,
+        )
+    except Exception as e:  # jaxlib raises XlaRuntimeError / RuntimeError with a long gRPC message
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DistributedError(
+            f"process {info.process_id} of {info.num_processes} could not join the coordinator at "
+            f"{info.coordinator_address} within {cfg.timeout_seconds} s: {first}"
+        ) from None
+    return info
+
+
+def wait_for_coordinator(address: str, timeout: float, info: ProcessInfo | None = None) -> None:
+    """Returns once ``host:port`` accepts TCP connections; DistributedError after ``timeout`` seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"dist.coordinator_address: {address!r} is not host:port")
+    who = f"process {info.process_id} of {info.num_processes}" if info else "this process"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=min(1.0, timeout)):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise DistributedError(
+                    f"{who} could not reach the coordinator at {address} within {timeout:g} s ({e}); "
+                    f"is process 0 running and the address right?"
+                ) from None
+            time.sleep(0.2)
+
+
+def is_primary() -> bool:
+    """True on the process that writes summaries, plots and tracking (process 0)."""
+    return jax.process_index() == 0
