@@ -100,10 +100,9 @@ class Predictor:
         if text.startswith(MODEL_URI_SCHEMES):
             from mlp_jax.pyfunc import download_checkpoint  # mlflow only for registry URIs
 
+            local = download_checkpoint(text)  # CheckpointError names a bad store, name, alias or version
             name, version = registry_name_version(text)
-            return cls(
-                restore_for_inference(download_checkpoint(text)), buckets, source=text, name=name, version=version
-            )
+            return cls(restore_for_inference(local), buckets, source=text, name=name, version=version)
         return cls(restore_for_inference(text), buckets, source=text)
 
     # -------------------------------------------------------------------- prediction

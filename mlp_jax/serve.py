@@ -463,11 +463,24 @@ def startup_line(predictor: Predictor) -> str:
 _WORKER_ENV = "MLP_JAX_SERVE_WORKER"
 
 
-def worker_app() -> Litestar:
-    """App factory for ``--workers N`` (uvicorn imports this in each worker process)."""
+def configure_jax() -> None:
+    """Process-wide JAX settings for serving: persistent compile cache, synchronous CPU dispatch.
+
+    A request waits for its result anyway; running the small program in the calling thread
+    instead of handing it to XLA's pool halves the model's share of a one-row request
+    (~70 -> ~30 us) and removes a thread wake-up from the latency tail on a busy machine.
+    """
+    import jax
+
     from mlp_jax.runner import enable_compilation_cache
 
     enable_compilation_cache()
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
+def worker_app() -> Litestar:
+    """App factory for ``--workers N`` (uvicorn imports this in each worker process)."""
+    configure_jax()
     spec = json.loads(os.environ[_WORKER_ENV])
     predictor = Predictor.load(spec["checkpoint"])
     predictor.source, predictor.name, predictor.version = spec["source"], spec["name"], spec["version"]
@@ -503,9 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from mlp_jax.checkpoint import CheckpointError
-    from mlp_jax.runner import enable_compilation_cache
 
-    enable_compilation_cache()
+    configure_jax()
     try:
         predictor = Predictor.load(args.model)
         app = create_app(predictor, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes)
