@@ -163,6 +163,7 @@ def sklearn_reference(config: Config, dataset: Any) -> dict[str, Any]:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import log_loss
     from sklearn.neural_network import MLPClassifier
 
     clf = MLPClassifier(
@@ -180,8 +181,10 @@ def sklearn_reference(config: Config, dataset: Any) -> dict[str, Any]:
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(dataset.x_train, dataset.y_train)
     seconds = time.perf_counter() - t
+    probs = clf.predict_proba(dataset.x_test)
     return {
         "test_accuracy": float(clf.score(dataset.x_test, dataset.y_test)),
+        "test_loss": float(log_loss(dataset.y_test, probs, labels=list(range(dataset.n_classes)))),
         "epochs": int(clf.n_iter_),
         "fit_seconds": seconds,
         "train_samples_per_second": len(dataset.y_train) * clf.n_iter_ / seconds,
@@ -202,7 +205,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         sk = summary["sklearn"]
         print(
             f"scikit-learn MLPClassifier (same split, sizes, batch, {sk['epochs']} epochs): "
-            f"test accuracy {sk['test_accuracy']:.4f}, {sk['train_samples_per_second']:,.0f} samples/s"
+            f"test accuracy {sk['test_accuracy']:.4f}, test loss {sk['test_loss']:.4f}, "
+            f"{sk['train_samples_per_second']:,.0f} samples/s"
         )
     if summary.get("mlflow_run_id"):
         print(
