@@ -38,7 +38,16 @@ from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi import OpenAPIConfig
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from mlp_jax.predictor import Predictor, PredictorError
 
@@ -74,7 +83,7 @@ class StrictJSON(MsgspecDTO[PredictRequest]):
             return msgspec.json.decode(value, type=PredictRequest)
         except msgspec.ValidationError as e:
             raise ClientException(detail=f"invalid request body: {e}") from None
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec lets bad UTF-8 in keys through as the latter
             raise ClientException(detail=f"malformed JSON: {e}") from None
 
 
@@ -124,14 +133,23 @@ class Readiness(msgspec.Struct):
 # ----------------------------------------------------------------------------- metrics
 
 KNOWN_PATHS = frozenset({"/predict", "/invocations", "/health", "/ready", "/metadata", "/metrics"})
-REQUESTS = Counter("mlp_jax_http_requests", "HTTP requests by method, path and status", ["method", "path", "status"])
+# A registry of our own, not prometheus_client's global one: with --workers, multiprocessing
+# runs this file a second time as __mp_main__ in each worker, and a second registration of
+# the same names in the global registry would raise.
+REGISTRY = CollectorRegistry()
+for _collector in (ProcessCollector, PlatformCollector, GCCollector):
+    _collector(registry=REGISTRY)
+REQUESTS = Counter(
+    "mlp_jax_http_requests", "HTTP requests by method, path and status", ["method", "path", "status"], registry=REGISTRY
+)
 LATENCY = Histogram(
     "mlp_jax_http_request_duration_seconds",
     "Time from request to the end of the response, by path",
     ["path"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
 )
-ROWS = Counter("mlp_jax_rows_predicted", "Rows scored, by endpoint", ["endpoint"])
+ROWS = Counter("mlp_jax_rows_predicted", "Rows scored, by endpoint", ["endpoint"], registry=REGISTRY)
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
@@ -170,7 +188,7 @@ def metrics_text() -> bytes:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry)
-    return generate_latest()
+    return generate_latest(REGISTRY)
 
 
 # ----------------------------------------------------------------------------- input parsing
@@ -270,7 +288,11 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
         if missing:
             raise InvalidInput(f"CSV body is missing feature column(s): {', '.join(missing)}")
         sub = frame[list(features)]
-        bad = [c for c in features if not np.issubdtype(sub[c].dtype, np.number) or sub[c].dtype == bool]
+        bad = [
+            c
+            for c in features
+            if not pd.api.types.is_numeric_dtype(sub[c]) or pd.api.types.is_bool_dtype(sub[c])  # pandas 3: str dtype
+        ]
         if bad:
             raise InvalidInput(f"CSV feature column(s) must be numeric, not: {', '.join(bad)}")
         return sub.to_numpy(dtype=np.float64).tolist()
@@ -280,7 +302,7 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
         req = msgspec.json.decode(body, type=InvocationsRequest)
     except msgspec.ValidationError as e:
         raise InvalidInput(f"invalid request: {e}") from None
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
         raise InvalidInput(f"malformed JSON: {e}") from None
     given = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if getattr(req, k) is not None]
     if len(given) != 1:
@@ -291,11 +313,13 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
     key = given[0]
     if key == "dataframe_split":
         assert req.dataframe_split is not None
-        return _rows_from_split(req.dataframe_split, features)
-    if key == "dataframe_records":
+        rows = _rows_from_split(req.dataframe_split, features)
+    elif key == "dataframe_records":
         assert req.dataframe_records is not None
-        return _rows_from_records(req.dataframe_records, features, key)
-    return _rows_from_tensor(getattr(req, key), features, key)
+        rows = _rows_from_records(req.dataframe_records, features, key)
+    else:
+        rows = _rows_from_tensor(getattr(req, key), features, key)
+    return _numeric_rows(rows, features)
 
 
 # ----------------------------------------------------------------------------- app

@@ -1,0 +1,443 @@
+"""The prediction service: real servers on 127.0.0.1, every bad input, MLflow parity, registry models.
+
+Happy paths run on real uvicorn servers (one in a thread, one ``python -m mlp_jax.serve``
+process with two workers serving a registered model); the many bad-input cases use
+Litestar's in-process TestClient on the same app factory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from litestar.testing import TestClient
+
+from mlp_jax import runner, serve
+from mlp_jax.predictor import Predictor
+from tests.conftest import ROOT, write_tiny_csv
+from tests.test_predictor import count_compilations
+from tests.test_tracking import free_port, spawn, stop, tracked, use_store, wait_http
+
+MAX_ROWS = 3000
+MAX_BODY = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_workdir: Path) -> Predictor:
+    return Predictor.load(trained_workdir)
+
+
+@pytest.fixture(scope="module")
+def client(predictor: Predictor) -> Iterator[TestClient]:
+    with TestClient(serve.create_app(predictor, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def rows(predictor: Predictor) -> np.ndarray:
+    meta = predictor.checkpoint.meta["standardizer"]
+    rng = np.random.default_rng(11)
+    return (np.asarray(meta["mean"]) + np.asarray(meta["scale"]) * rng.normal(size=(2000, 6))).astype(np.float32)
+
+
+def as_json_rows(x: np.ndarray) -> list[list[float]]:
+    return x.astype(np.float64).tolist()
+
+
+@contextmanager
+def uvicorn_thread(app: Any) -> Iterator[str]:
+    """Serves ``app`` with uvicorn on a free 127.0.0.1 port in a thread; always shut down."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+# ----------------------------------------------------------------------------- real server, happy path
+
+
+def test_real_server_answers_every_endpoint_without_compiling(predictor, rows):
+    app = serve.create_app(predictor, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)
+    names = list(predictor.feature_names)
+    expected = predictor.predict_proba(rows)
+    with uvicorn_thread(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        assert http.get("/health").json() == {"status": "alive"}
+        ready = http.get("/ready")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        with count_compilations() as compiles:
+            one = http.post("/predict", json={"features": as_json_rows(rows[:1])[0]})
+            many = http.post("/predict", json={"instances": as_json_rows(rows[:1500])})  # runs off the event loop
+            split = {"columns": names, "data": as_json_rows(rows[:37])}
+            inv = http.post("/invocations", json={"dataframe_split": split})
+            sizes = [
+                http.post("/predict", json={"instances": as_json_rows(rows[:n])}).status_code for n in (2, 33, 300)
+            ]
+        assert compiles == [], "a request triggered an XLA compilation"
+        assert one.status_code == 200 and many.status_code == 200 and inv.status_code == 200 and sizes == [200] * 3
+
+        body = one.json()
+        assert body["classes"] == [0, 1] and body["prediction"] in (0, 1)
+        assert np.array_equal(np.float32(body["probabilities"]), expected[0])
+        assert np.array_equal(np.float32(many.json()["probabilities"]), expected[:1500])
+        assert many.json()["predictions"] == [int(i) for i in expected[:1500].argmax(axis=1)]
+        records = inv.json()["predictions"]
+        assert np.array_equal(np.float32([[r["proba_0"], r["proba_1"]] for r in records]), expected[:37])
+
+        meta = http.get("/metadata").json()
+        assert meta["feature_names"] == names and meta["classes"] == [0, 1] and meta["step"] == predictor.step
+        assert meta["name"] == "tiny" and meta["version"] == f"step-{predictor.step}" and "val_loss" in meta["metrics"]
+        assert meta["max_rows"] == MAX_ROWS
+
+        schema = http.get("/schema/openapi.json").json()
+        assert {"/predict", "/invocations", "/health", "/ready", "/metadata"} <= set(schema["paths"])
+        assert "requestBody" in schema["paths"]["/predict"]["post"]
+
+        metrics = http.get("/metrics").text
+        assert 'mlp_jax_rows_predicted_total{endpoint="predict"}' in metrics
+        assert 'mlp_jax_http_requests_total{method="POST",path="/predict",status="200"}' in metrics
+        assert "mlp_jax_http_request_duration_seconds_bucket" in metrics
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def _post(client: TestClient, path: str, body: Any, content_type: str = "application/json") -> httpx.Response:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return client.post(path, content=raw, headers={"content-type": content_type})
+
+
+ROW = [0.5] * 6
+COLS = [f"feature_{i}" for i in range(6)]
+
+BAD_PREDICT = [
+    ({"features": ROW[:5]}, 400, "expected 6 features per row, got 5"),
+    ({"instances": [ROW, [*ROW, 1.0]]}, 400, "expected 6 features per row, got 7 in row 1"),
+    ({"features": [*ROW[:5], "1.5"]}, 400, "Expected `float`, got `str` - at `$.features[5]`"),
+    ({"features": [*ROW[:5], True]}, 400, "Expected `float`, got `bool`"),
+    ({"features": [*ROW[:5], None]}, 400, "Expected `float`, got `null`"),
+    ({"features": [*ROW[:5], 1e39]}, 400, "non-finite value (NaN, inf, or beyond float32's range) at row 0"),
+    ({"instances": []}, 400, "expected at least one row, got 0"),
+    ({"instances": [ROW] * (MAX_ROWS + 1)}, 413, f"too many rows: got {MAX_ROWS + 1}, the maximum per request is"),
+    ({"features": ROW, "extra": 1}, 400, "unknown field `extra`"),
+    ({"features": ROW, "instances": [ROW]}, 400, "expected exactly one of 'features'"),
+    ({}, 400, "expected exactly one of 'features'"),
+    ([ROW], 400, "Expected `object`, got `array`"),
+    ({"instances": ROW}, 400, "Expected `array`, got `float`"),
+    (b'{"features": [0.5, 0.5', 400, "malformed JSON"),
+    (b'{"features": [NaN, 1, 2, 3, 4, 5]}', 400, "malformed JSON"),
+    (b'{"features": [1e999, 1, 2, 3, 4, 5]}', 400, "Number out of range"),
+    (b"", 400, "empty request body"),
+    (b"\xff\xfe", 400, "malformed JSON"),
+    (b'{"instances": [' + b"[" * 5000 + b"]" * 5000 + b"]}", 400, ""),
+    (b"x" * (MAX_BODY + 1), 413, f"request body too large: the limit is {MAX_BODY} bytes"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_PREDICT, ids=range(len(BAD_PREDICT)))
+def test_bad_predict_bodies_answer_4xx_naming_the_problem(client, body, status, message):
+    r = _post(client, "/predict", body)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+
+
+BAD_INVOCATIONS = [
+    ({"dataframe_split": {"columns": COLS[:5], "data": [ROW[:5]]}}, 400, "missing feature column(s): feature_5"),
+    ({"dataframe_split": {"columns": COLS, "data": [ROW[:5]]}}, 400, "data[0] has 5 values, expected 6"),
+    ({"dataframe_split": {"columns": COLS, "data": [[*ROW[:5], "x"]]}}, 400, "feature 'feature_5': expected a number"),
+    ({"dataframe_split": {"columns": COLS, "data": []}}, 400, "expected at least one row, got 0"),
+    (
+        {"dataframe_records": [dict(zip(COLS[1:], ROW, strict=False))]},
+        400,
+        "[0] is missing feature column(s): feature_0",
+    ),
+    ({"dataframe_records": [1, 2]}, 400, "Expected `object`, got `int`"),
+    ({"instances": [ROW[:4]]}, 400, "instances[0]: expected 6 features per row, got 4"),
+    ({"inputs": {c: [0.5] for c in COLS[:-1]}}, 400, "inputs is missing feature column(s): feature_5"),
+    ({"inputs": {c: [0.5] * (2 if c == "feature_3" else 1) for c in COLS}}, 400, "different lengths"),
+    ({"inputs": 3}, 400, "expected a list of rows, got int"),
+    ({"instances": [[*ROW[:5], True]]}, 400, "feature 'feature_5': expected a number, got True"),
+    ({"instances": [[*ROW[:5], 1e300]]}, 400, "non-finite value"),
+    ({"instances": [ROW] * (MAX_ROWS + 1)}, 413, "too many rows"),
+    ({"instances": [ROW], "inputs": [ROW]}, 400, "exactly one of 'dataframe_split', 'dataframe_records'"),
+    ({"dataframe_splitt": {}}, 400, "unknown field `dataframe_splitt`"),
+    (b"{", 400, "malformed JSON"),
+    (b"x" * (MAX_BODY + 1), 413, "request body too large"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_INVOCATIONS, ids=range(len(BAD_INVOCATIONS)))
+def test_bad_invocations_answer_like_mlflow_with_the_problem_named(client, body, status, message):
+    r = _post(client, "/invocations", body)
+    assert r.status_code == status, r.text
+    assert r.json()["error_code"] in ("BAD_REQUEST", "RESOURCE_LIMIT_EXCEEDED")
+    assert message in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type", "status", "message"),
+    [
+        (b"feature_0,feature_1\n1,2\n", "text/csv", 400, "CSV body is missing feature column(s): feature_2"),
+        (",".join(COLS).encode() + b"\n1,2,3,4,5,x\n", "text/csv", 400, "must be numeric, not: feature_5"),
+        (b"a,b", "text/plain", 415, "unsupported content type 'text/plain'"),
+        (b"{}", "application/json; charset=latin-1", 415, "only UTF-8"),
+    ],
+)
+def test_invocations_content_types(client, raw, content_type, status, message):
+    r = _post(client, "/invocations", raw, content_type)
+    assert r.status_code == status and message in r.json()["message"], r.text
+
+
+def test_invocations_input_formats_agree(client, predictor, rows):
+    x = rows[:9]
+    names = list(predictor.feature_names)
+    frame = pd.DataFrame(x.astype(np.float64), columns=names)
+    shuffled = frame[names[::-1]].assign(id=[f"r{i}" for i in range(9)])  # by name, extra column ignored
+    bodies = [
+        {"dataframe_split": json.loads(shuffled.to_json(orient="split"))},
+        {"dataframe_records": json.loads(shuffled.to_json(orient="records"))},
+        {"instances": as_json_rows(x)},
+        {"inputs": as_json_rows(x)},
+        {"inputs": {c: frame[c].tolist() for c in names}},
+        {"instances": frame.to_dict(orient="records"), "params": {"ignored": 1}},
+    ]
+    answers = [_post(client, "/invocations", b).json() for b in bodies]
+    buf = io.StringIO()
+    shuffled.to_csv(buf, index=False)
+    answers.append(_post(client, "/invocations", buf.getvalue().encode(), "text/csv").json())
+    expected = predictor.predict_frame(frame).to_dict(orient="records")
+    for a in answers:
+        assert a == {"predictions": expected}
+
+
+def test_random_garbage_never_gets_a_5xx(client):
+    """Mutated valid bodies (types swapped, keys renamed, bytes cut or flipped) always answer 4xx."""
+    rng = random.Random(0)
+    junk: list[Any] = ["x", True, None, [], {}, [[]], -1e308, 1e308, 10**30, "NaN", [["a"]], {"a": [1]}]
+
+    def mutate(value: Any) -> Any:
+        if isinstance(value, dict) and value and rng.random() < 0.5:
+            key = rng.choice(list(value))
+            out = dict(value)
+            if rng.random() < 0.3:
+                out[key + "x"] = out.pop(key)
+            else:
+                out[key] = mutate(out[key])
+            return out
+        if isinstance(value, list) and value and rng.random() < 0.6:
+            out = list(value)
+            i = rng.randrange(len(out))
+            out[i] = mutate(out[i])
+            return out
+        return rng.choice(junk)
+
+    seeds = [
+        ("/predict", {"features": ROW}),
+        ("/predict", {"instances": [ROW, ROW]}),
+        ("/invocations", {"dataframe_split": {"columns": COLS, "data": [ROW]}}),
+        ("/invocations", {"dataframe_records": [dict(zip(COLS, ROW, strict=True))]}),
+        ("/invocations", {"inputs": {c: [0.1] for c in COLS}}),
+    ]
+    csv_seed = (",".join(COLS) + "\n" + ",".join(map(str, ROW)) + "\n").encode()
+    statuses = set()
+    for _ in range(500):
+        path, body = rng.choice(seeds)
+        content_type = "application/json"
+        raw = json.dumps(mutate(body)).encode()
+        if rng.random() < 0.15:
+            path, content_type, raw = "/invocations", "text/csv", csv_seed
+        if rng.random() < 0.3:
+            cut = rng.randrange(len(raw))
+            raw = raw[:cut] + bytes([rng.choice(b'x,\n"-.e\xff0')]) + raw[cut + 1 :]
+        r = _post(client, path, raw, content_type)
+        statuses.add(r.status_code)
+        assert r.status_code < 500, (path, raw, r.text)
+    assert client.get("/health").status_code == 200
+    assert statuses - {200} and statuses <= {200, 400, 413}
+
+
+def test_metrics_count_rows_and_statuses(client):
+    def value(text: str, line_start: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(line_start):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    rows_key = 'mlp_jax_rows_predicted_total{endpoint="predict"}'
+    bad_key = 'mlp_jax_http_requests_total{method="POST",path="/predict",status="400"}'
+    before = client.get("/metrics").text
+    assert client.post("/predict", json={"instances": [ROW] * 5}).status_code == 200
+    assert client.post("/predict", json={"features": ROW[:2]}).status_code == 400
+    after = client.get("/metrics").text
+    assert value(after, rows_key) - value(before, rows_key) == 5
+    assert value(after, bad_key) - value(before, bad_key) == 1
+
+
+# ----------------------------------------------------------------------------- startup
+
+
+def test_missing_model_fails_at_startup_with_a_nonzero_exit(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "mlp_jax.serve", "--model", str(tmp_path / "nope"), "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert f"cannot serve --model {tmp_path / 'nope'}" in out.stderr and "does not exist" in out.stderr
+
+
+def test_not_a_checkpoint_and_bad_arguments_fail_at_startup(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert serve.main(["--model", str(tmp_path)]) == 1
+    assert "not a checkpoint" in capsys.readouterr().err
+    assert serve.main(["--model", str(tmp_path / "notes.txt")]) == 1
+    assert "is a file, not a checkpoint folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "--workers must be positive" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a registered model
+
+MODEL = "tiny-model"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """A SQLite store with one tracked tiny run registered as ``tiny-model`` version 1 (champion)."""
+    folder = tmp_path_factory.mktemp("serve-registry")
+    csv = write_tiny_csv(folder / "tiny.csv")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = use_store(mp, folder)
+        summary = runner.run(tracked(folder, csv, "run", **{"train.epochs": "2"}), progress=False)
+        assert summary["model_version"] in (1, "1") and summary["champion"]
+        yield SimpleNamespace(folder=folder, csv=csv, uri=uri, model_uri=f"models:/{MODEL}@champion")
+
+
+def test_service_batch_and_pyfunc_agree_on_a_registered_model(registry):
+    """`serve` (2 workers) and `predict` on models:/NAME@champion, and MLflow's pyfunc: the same numbers."""
+    import mlflow
+
+    frame = pd.read_csv(registry.csv).drop(columns=["target"]).head(400)
+    frame.insert(0, "id", [f"row-{i}" for i in range(len(frame))])
+    frame.to_csv(registry.folder / "in.csv", index=False)
+    pyfunc = mlflow.pyfunc.load_model(registry.model_uri).predict(frame.drop(columns=["id"]))
+
+    batch = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlp_jax.predict",
+            "--model",
+            registry.model_uri,
+            "--input",
+            "in.csv",
+            "--output",
+            "out.csv",
+            "--no-progress",
+        ],
+        cwd=registry.folder,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert batch.returncode == 0, batch.stderr
+    out = pd.read_csv(registry.folder / "out.csv")
+    assert list(out.columns) == ["id", "prediction", "proba_0", "proba_1"]
+    assert out["id"].tolist() == frame["id"].tolist()
+
+    port = free_port()
+    proc = spawn(
+        [sys.executable, "-m", "mlp_jax.serve", "--model", registry.model_uri, "--port", str(port), "--workers", "2"],
+        registry.folder,
+        dict(__import__("os").environ),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ready", proc, timeout=120)
+        features = frame.drop(columns=["id"])
+        with httpx.Client(base_url=url, timeout=30) as http:
+            meta = http.get("/metadata").json()
+            predicted = http.post("/predict", json={"instances": features.to_numpy().tolist()}).json()
+            split = json.loads(frame.to_json(orient="split", index=False))
+            invoked = http.post("/invocations", json={"dataframe_split": split}).json()["predictions"]
+            for _ in range(6):  # spread over both workers
+                http.post("/predict", json={"features": features.iloc[0].tolist()})
+            metrics = http.get("/metrics").text
+    finally:
+        stop(proc)
+    log = proc.stdout.read() if proc.stdout else ""
+    assert f"model {registry.model_uri} (name {MODEL}, version 1, step" in log
+    assert "input width 6, classes [0, 1]" in log
+    assert meta["name"] == MODEL and meta["version"] == "1" and meta["source"] == registry.model_uri
+
+    reference = pyfunc[["proba_0", "proba_1"]].to_numpy(np.float32)
+    assert np.array_equal(np.float32(predicted["probabilities"]), reference)
+    assert np.array_equal(np.float32([[r["proba_0"], r["proba_1"]] for r in invoked]), reference)
+    assert np.array_equal(out[["proba_0", "proba_1"]].to_numpy(np.float32), reference)
+    assert predicted["predictions"] == out["prediction"].tolist() == pyfunc["prediction"].tolist()
+    assert [r["prediction"] for r in invoked] == pyfunc["prediction"].tolist()
+    # the two workers' counters are summed: 400 + 400 + 6 rows
+    assert 'mlp_jax_rows_predicted_total{endpoint="predict"} 406.0' in metrics
+
+
+def test_invocations_answers_exactly_as_mlflow_scoring_server(registry):
+    """Same bodies through MLflow's own scoring function and our /invocations: identical JSON."""
+    import mlflow
+    from mlflow.pyfunc import scoring_server
+
+    model = mlflow.pyfunc.load_model(registry.model_uri)
+    schema = model.metadata.get_input_schema()
+    frame = pd.read_csv(registry.csv).drop(columns=["target"]).head(25)
+    bodies = [
+        {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))},
+        {"dataframe_records": json.loads(frame.to_json(orient="records"))},
+        {"inputs": {c: frame[c].tolist() for c in frame.columns}},
+    ]
+    with TestClient(serve.create_app(registry.model_uri)) as ours:
+        for body in bodies:
+            text = json.dumps(body)
+            theirs = scoring_server.invocations(text, "application/json", model, schema)
+            assert theirs.status == 200, theirs.response
+            mine = _post(ours, "/invocations", text.encode())
+            assert mine.status_code == 200 and mine.json() == json.loads(theirs.response)
+        csv_body = frame.to_csv(index=False)
+        theirs = scoring_server.invocations(csv_body, "text/csv", model, schema)
+        assert _post(ours, "/invocations", csv_body.encode(), "text/csv").json() == json.loads(theirs.response)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [("models:/no-such-model@champion", "no-such-model"), (f"models:/{MODEL}@no-such-alias", "no-such-alias")],
+)
+def test_unknown_registry_name_or_alias_fails_at_startup(registry, capsys, model, message):
+    assert serve.main(["--model", model, "--port", str(free_port())]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve --model {model}" in err and message in err
