@@ -186,7 +186,8 @@ def feature_matrix(batch: pa.RecordBatch, features: list[str], offset: int, src:
             row = offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
             raise BatchError(f"{src}: missing value in feature column {f!r} at data row {row}")
         cols.append(col.to_numpy())
-    x = np.stack(cols, axis=1).astype(np.float32)
+    with np.errstate(over="ignore"):  # past float32's range becomes inf, reported just below
+        x = np.stack(cols, axis=1).astype(np.float32)
     if not np.isfinite(x).all():
         r, c = np.argwhere(~np.isfinite(x))[0]
         raise BatchError(
