@@ -13,6 +13,7 @@ Also here: :func:`download_checkpoint`, which the predictor uses for ``models:/`
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from importlib import metadata
@@ -32,15 +33,22 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 MODEL_NAME_IN_RUN = "model"
 #: What the model needs at inference (pinned to the versions installed when it was logged).
 RUNTIME_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pandas", "mlflow")
+#: Batch buckets compiled at load: few, since a pyfunc scores whole frames (bigger ones run
+#: in 4096-row chunks). ``load_model(uri, model_config={"buckets": [...]})`` overrides them.
+PYFUNC_BUCKETS = (1, 64, 4096)
 
 
 class MlpJaxModel(mlflow.pyfunc.PythonModel):
-    """``predict(df)`` -> ``prediction`` (original labels) + one ``proba_<class>`` column per class."""
+    """``predict(df)`` -> ``prediction`` (original labels) + one ``proba_<class>`` column per class.
+
+    ``mlflow.pyfunc.load_model(uri, model_config={"buckets": [...]})`` picks other batch buckets.
+    """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from mlp_jax.predictor import Predictor
 
-        self.predictor = Predictor.load(context.artifacts[CHECKPOINT_ARTIFACT])
+        buckets = (context.model_config or {}).get("buckets") or PYFUNC_BUCKETS
+        self.predictor = Predictor.load(context.artifacts[CHECKPOINT_ARTIFACT], buckets=buckets)
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
@@ -89,11 +97,12 @@ def signature_for(meta: dict[str, Any]) -> tuple[mlflow.models.ModelSignature, p
 def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: Any) -> Any:
     """Logs a checkpoint step folder as an MLflow model in the active run; returns MLflow's ``ModelInfo``.
 
-    MLflow loads the model once on its input example before writing anything, so a
-    checkpoint that cannot predict is refused here, not at serving time.
+    MLflow loads the logged model and predicts its input example; when that fails this
+    raises, so a checkpoint that cannot predict is refused here, not at serving time.
 
     Raises:
-      CheckpointError: ``checkpoint`` is not a complete checkpoint step.
+      CheckpointError: ``checkpoint`` is not a complete checkpoint step, or the logged
+        model failed to predict its input example (it stays in the run, unregistered).
     """
     from mlp_jax.checkpoint import Checkpointer, resolve
 
@@ -104,15 +113,45 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
     finally:
         store.manager.close()
     signature, example = signature_for(meta)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).resolve()),
-        artifacts={CHECKPOINT_ARTIFACT: str(workdir / str(step))},
-        signature=signature,
-        input_example=example,
-        pip_requirements=pip_requirements(),
-        **kwargs,
-    )
+    failures = _ValidationFailures()
+    logger = logging.getLogger("mlflow.models.model")
+    logger.addHandler(failures)
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).resolve()),
+            artifacts={CHECKPOINT_ARTIFACT: str(workdir / str(step))},
+            signature=signature,
+            input_example=example,
+            pip_requirements=pip_requirements(),
+            **kwargs,
+        )
+    finally:
+        logger.removeHandler(failures)
+    if failures.errors:
+        raise CheckpointError(
+            f"the model logged from {workdir / str(step)} failed to load and predict its input example "
+            f"in MLflow: {failures.errors[-1]}"
+        )
+    return info
+
+
+class _ValidationFailures(logging.Handler):
+    """Collects MLflow's serving-input validation failures, which MLflow itself only logs as warnings.
+
+    MLflow loads the just-logged model and predicts its input example (the full pyfunc
+    path); a failure there must stop the registration, not become a log line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Failed to validate serving input example"):
+            _, _, error = message.rpartition("Got error:")
+            self.errors.append(error.strip() or message)
 
 
 # ----------------------------------------------------------------------------- download

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,9 @@ def _dataset_entity(dataset: Any) -> Any:
     label = "long" if all(isinstance(c, int) for c in dataset.classes) else "string"
     schema = Schema([*(ColSpec("double", n) for n in dataset.feature_names), ColSpec(label, "target")])
     try:
-        source = resolve_dataset_source(dataset.source)
+        with warnings.catch_warnings():  # MLflow registers two equivalent local sources and warns that it picked one
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(dataset.source)
     except MlflowException:
         from mlflow.data.code_dataset_source import CodeDatasetSource
 
@@ -518,9 +521,17 @@ def start(config: Config, dataset: Any) -> Session:
     workdir = Path(config.resolved_workdir).resolve()
     session = None
     try:
-        mlflow.set_tracking_uri(uri)
+        if uri != mlflow.get_tracking_uri():  # an explicit tracking.uri: MLflow's fluent calls need it too
+            mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri)
-        experiment = mlflow.set_experiment(cfg.experiment)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            client.create_experiment(cfg.experiment)
+            experiment = client.get_experiment_by_name(cfg.experiment)
+        elif experiment.lifecycle_stage != "active":
+            raise TrackingError(
+                f"MLflow experiment {cfg.experiment!r} is deleted in {uri}; restore it or set tracking.experiment"
+            )
         try:
             client.get_registered_model(cfg.registered_model)
         except MlflowException as e:

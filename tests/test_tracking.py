@@ -1,0 +1,390 @@
+"""MLflow tracking: what a tracked run records, the champion gate, resumes, and failing fast.
+
+Every test uses its own temporary SQLite store (or a real ``mlflow server`` on 127.0.0.1)
+through ``MLFLOW_TRACKING_URI``, with the working directory in a temporary folder, so
+nothing lands in the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mlp_jax import runner
+from mlp_jax.config import to_flat_dict
+from tests.conftest import ROOT, tiny_config, write_tiny_csv
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from mlp_jax import tracking  # noqa: E402
+
+MODEL = "tiny-model"
+
+
+# ----------------------------------------------------------------------------- helpers (also used by test_pyfunc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory):
+    """``fresh(folder)`` puts an empty MLflow SQLite database in ``folder`` and returns its URI.
+
+    Creating one runs MLflow's migrations (seconds); copying a migrated template takes
+    milliseconds.
+    """
+    template = tmp_path_factory.getbasetemp() / "mlflow-template.db"
+    if not template.exists():
+        tmp = template.with_name("mlflow-template.tmp.db")
+        MlflowClient(f"sqlite:///{tmp}").search_experiments()
+        os.replace(tmp, template)
+
+    def fresh(folder: Path) -> str:
+        shutil.copy(template, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return fresh
+
+
+def use_store(mp: pytest.MonkeyPatch, folder: Path, uri: str | None = None) -> str:
+    """Points MLflow at ``uri`` (default: a SQLite file in ``folder``) and chdirs into ``folder``."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    uri = uri or f"sqlite:///{folder / 'mlflow.db'}"
+    mp.setattr(tracking_utils, "_tracking_uri", None)  # a URI another test set in this process
+    mp.setattr(registry_utils, "_registry_uri", None)
+    mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(folder)
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Polls ``url`` until it answers 200; fails with the process output if it exits or times out."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"server exited with {proc.returncode} before answering {url}:\n{out[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {timeout} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stops a server started in its own process group, and its workers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(timeout=5)
+
+
+def spawn(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def tracked(folder: Path, csv: Path, workdir: str, **overrides: str):
+    items = {"tracking.enabled": "true", "tracking.registered_model": MODEL, "workdir": str(folder / workdir)}
+    return tiny_config(folder, csv, **{**items, **overrides})
+
+
+# ----------------------------------------------------------------------------- a tracked run
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, mlflow_db) -> Iterator[SimpleNamespace]:
+    """A SQLite store holding one tracked tiny run (2 epochs), which is champion."""
+    folder = tmp_path_factory.mktemp("tracking")
+    csv = write_tiny_csv(folder / "tiny.csv")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = use_store(mp, folder, mlflow_db(folder))
+        config = tracked(folder, csv, "first", **{"train.epochs": "2"})
+        summary = runner.run(config, progress=False)
+        yield SimpleNamespace(folder=folder, csv=csv, uri=uri, config=config, summary=summary, client=MlflowClient(uri))
+
+
+def test_tracked_run_records_params_metrics_dataset_artifacts_and_model(store):
+    client, s = store.client, store.summary
+    run = client.get_run(s["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert (store.folder / "mlflow.db").is_file() and (store.folder / "mlruns").is_dir()
+
+    flat = to_flat_dict(store.config)
+    assert set(run.data.params) == set(flat)
+    assert run.data.params["model.hidden_sizes"] == "16,8" and run.data.params["train.epochs"] == "2"
+
+    for key in tracking.EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    val = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert min(val) == pytest.approx(s["best_val_loss"])
+    for key in ("test_accuracy", "test_loss", "test_roc_auc", "test_macro_f1", "best_val_loss"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["test_accuracy"] == pytest.approx(s["test_accuracy"])
+
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.digest == s["dataset"]["digest"] and inp.dataset.name == "tiny"
+    assert str(store.csv) in inp.dataset.source
+    schema = json.loads(inp.dataset.schema)["mlflow_colspec"]
+    assert [c["name"] for c in schema] == [*s["feature_names"], "target"]
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "summary.json", "plots"} <= names
+    plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {
+        "loss_curve.png",
+        "confusion_matrix.png",
+        "classification_report.json",
+        "classification_report.txt",
+    }
+    logged = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.json")).read_text()
+    )
+    assert logged["model"]["hidden_sizes"] == [16, 8]
+
+    on_disk = json.loads((Path(s["workdir"]) / "summary.json").read_text())
+    assert on_disk["mlflow_run_id"] == run.info.run_id
+    assert on_disk["registered_model"] == MODEL and on_disk["model_version"] == "1" and on_disk["champion"] is True
+    mv = client.get_model_version(MODEL, "1")
+    assert mv.run_id == run.info.run_id
+    assert mv.tags["dataset_digest"] == s["dataset"]["digest"]
+    assert float(mv.tags["best_val_loss"]) == pytest.approx(s["best_val_loss"])
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    (output,) = run.outputs.model_outputs
+    assert mv.source == f"models:/{output.model_id}"
+    linked = {m.key: m for m in client.get_logged_model(output.model_id).metrics}
+    assert linked["test_accuracy"].dataset_digest == s["dataset"]["digest"]
+    assert run.data.tags["champion_gate.decision"] == "promoted"
+    assert json.loads((Path(s["workdir"]) / tracking.RUN_FILE).read_text())["run_id"] == run.info.run_id
+
+
+def test_champion_gate_both_ways(store):
+    champion_loss = store.summary["best_val_loss"]
+    worse = runner.run(tracked(store.folder, store.csv, "worse", **{"train.epochs": "1"}), progress=False)
+    assert worse["best_val_loss"] > champion_loss  # precondition: 1 epoch validates worse than 2
+    assert worse["champion"] is False and worse["champion_gate"]["decision"] == "rejected"
+    assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+
+    better = runner.run(tracked(store.folder, store.csv, "better", **{"train.epochs": "6"}), progress=False)
+    assert better["best_val_loss"] < champion_loss
+    assert better["champion"] is True and better["champion_gate"]["champion_version"] == "1"
+    champ = store.client.get_model_version_by_alias(MODEL, "champion")
+    assert str(champ.version) == better["model_version"] != worse["model_version"]
+
+    for s, decision in ((worse, "rejected"), (better, "promoted")):
+        tags = store.client.get_run(s["mlflow_run_id"]).data.tags
+        assert tags["champion_gate.decision"] == decision
+        assert float(tags["champion_gate.champion_val_loss"]) == pytest.approx(champion_loss)
+        assert float(tags["champion_gate.challenger_val_loss"]) == pytest.approx(s["best_val_loss"])
+        assert store.client.get_model_version(MODEL, s["model_version"]).tags["champion_gate.decision"] == decision
+
+
+def test_gate_rules():
+    champ = {"version": "3", "val_loss": 0.2, "dataset_digest": "abc"}
+    assert tracking.champion_gate(0.5, "abc", None).promote
+    assert tracking.champion_gate(0.1, "abc", champ).promote
+    assert not tracking.champion_gate(0.2, "abc", champ).promote  # a tie keeps the champion
+    assert not tracking.champion_gate(0.3, "abc", champ).promote
+    other = tracking.champion_gate(0.1, "xyz", champ)
+    assert not other.promote and "not comparable" in other.reason and "abc" in other.reason
+    assert not tracking.champion_gate(float("nan"), "abc", None).promote
+    assert not tracking.champion_gate(0.1, "abc", {"version": "1", "val_loss": None, "dataset_digest": "abc"}).promote
+
+
+def test_resume_continues_an_unfinished_run_and_starts_a_linked_one_after_a_finished_run(store):
+    client = store.client
+    over = {"tracking.registered_model": "resume-model"}
+    first = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "2"}, **over), progress=False)
+    run_id = first["mlflow_run_id"]
+    client.set_terminated(run_id, "FAILED")  # as a crash after the last checkpoint leaves it
+
+    again = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "3"}, **over), progress=False)
+    assert again["resumed_from_epoch"] == 2 and again["mlflow_run_id"] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]  # nothing logged twice
+    assert run.data.tags["mlp_jax.resume_changed.train.epochs"] == "2 -> 3"
+
+    later = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "4"}, **over), progress=False)
+    assert later["mlflow_run_id"] != run_id
+    new = client.get_run(later["mlflow_run_id"])
+    assert new.data.tags["mlp_jax.continues_run"] == run_id
+    assert sorted(m.step for m in client.get_metric_history(new.info.run_id, "train_loss")) == [1, 2, 3, 4]
+    assert new.data.params["train.epochs"] == "4"
+
+
+def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, trained_workdir, tmp_path):
+    from mlp_jax import data as data_lib
+    from mlp_jax.checkpoint import resolve
+
+    workdir, step = resolve(trained_workdir)
+    broken = tmp_path / "broken"
+    shutil.copytree(workdir / str(step), broken / str(step))
+    shutil.rmtree(broken / str(step) / "state")  # metadata intact, arrays gone
+    config = tracked(tmp_path, store.csv, "broken", **{"tracking.registered_model": "broken-model"})
+    session = tracking.start(config, data_lib.prepare(config.data, config.seed))
+    summary = json.loads((workdir / "summary.json").read_text())
+    report = json.loads((workdir / "plots" / "classification_report.json").read_text())
+    with pytest.raises(tracking.TrackingError, match="failed to load and predict"):
+        try:
+            session.finish(tmp_path, summary, [], report, [], str(broken / str(step)))
+        except BaseException as e:
+            session.abort(e)
+            raise
+    assert store.client.search_model_versions("name='broken-model'") == []
+    run = store.client.get_run(session.run_id)
+    assert run.info.status == "FAILED" and "failed to load and predict" in run.data.tags["mlp_jax.error"]
+
+
+# ----------------------------------------------------------------------------- failing fast
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, tiny_csv, capsys):
+    port = free_port()  # nothing listens there
+    config = tracked(tmp_path, tiny_csv, "run", **{"tracking.uri": f"http://127.0.0.1:{port}"})
+    t = time.perf_counter()
+    code = runner.main(lambda: config, [])
+    assert code == 1 and time.perf_counter() - t < 30
+    err = capsys.readouterr().err
+    assert f"cannot reach the MLflow tracking server at http://127.0.0.1:{port}" in err
+    assert not (tmp_path / "run").exists()  # nothing trained, no checkpoint
+
+
+def test_unusable_sqlite_store_fails_before_training(tmp_path, tiny_csv, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    use_store(monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}")
+    with pytest.raises(tracking.TrackingError, match="does not exist or is not a folder"):
+        runner.run(tracked(tmp_path, tiny_csv, "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_locked_sqlite_store_fails_before_training(store, tmp_path, monkeypatch):
+    db = tmp_path / "locked.db"
+    shutil.copy(store.folder / "mlflow.db", db)
+    use_store(monkeypatch, tmp_path, f"sqlite:///{db}")
+    lock = sqlite3.connect(db, isolation_level=None)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")  # another process holding a write transaction
+        with pytest.raises(tracking.TrackingError, match=r"(?s)not usable.*nothing was trained"):
+            runner.run(tracked(tmp_path, store.csv, "run"), progress=False)
+    finally:
+        lock.close()
+    assert not any((tmp_path / "run").glob("[0-9]*"))
+
+
+# ----------------------------------------------------------------------------- entry point and HTTP
+
+
+def test_baseline_tracks_into_the_default_store_in_the_cwd_and_untracked_runs_never_import_mlflow(tmp_path, mlflow_db):
+    """With nothing configured: ./mlflow.db and ./mlruns in the working directory; with
+    ``tracking.enabled=false`` mlflow is never imported (one process, to pay JAX's start-up once)."""
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    mlflow_db(tmp_path)  # where MLflow's default store lives; pre-migrated only to save seconds
+    common = [f"data.path={csv}", "model.hidden_sizes=8", "train.epochs=2", "train.batch_size=32"]
+    common += ["train.progress=false", "train.compare_sklearn=false"]
+    code = (
+        "import sys; from experiments import baseline\n"
+        f"assert baseline.main({[*common, 'workdir=untracked', 'tracking.enabled=false']!r}) == 0\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('mlflow', 'litestar')]\n"
+        "assert not bad, bad\n"
+        f"sys.exit(baseline.main({[*common, 'workdir=run']!r}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(JAX_PLATFORMS="cpu", MLP_JAX_COMPILATION_CACHE="off", PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "untracked" / "summary.json").exists()
+    assert "mlflow_run_id" not in json.loads((tmp_path / "untracked" / "summary.json").read_text())
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in out.stdout
+    assert "champion gate" in out.stdout and "PROMOTED" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["champion"] is True and summary["registered_model"] == "mlp-jax"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.artifact_uri.startswith(str(tmp_path / "mlruns"))
+    assert any((tmp_path / "mlruns").rglob("loss_curve.png"))
+    assert client.get_model_version_by_alias("mlp-jax", "champion").run_id == run.info.run_id
+
+
+def test_logging_to_a_real_mlflow_server_over_http(tmp_path, tiny_csv, monkeypatch, mlflow_db):
+    port = free_port()
+    backend = mlflow_db(tmp_path)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = spawn(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        tmp_path,
+        env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", server, timeout=90)
+        use_store(monkeypatch, tmp_path, url)
+        summary = runner.run(tracked(tmp_path, tiny_csv, "run", **{"train.epochs": "2"}), progress=False)
+        client = MlflowClient(url)
+        run = client.get_run(summary["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1, 2]
+        assert {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")} >= {"loss_curve.png"}
+        assert any((tmp_path / "server-artifacts").rglob("loss_curve.png"))  # stored by the server, not locally
+        assert not (tmp_path / "mlruns").exists()
+        assert str(client.get_model_version_by_alias(MODEL, "champion").version) == summary["model_version"] == "1"
+
+        from mlp_jax.predictor import Predictor
+
+        remote = Predictor.load(f"models:/{MODEL}@champion", buckets=(8,))
+        local = Predictor.load(Path(summary["best_checkpoint"]), buckets=(8,))
+        rows = [[0.1 * i - 0.3 * j for j in range(local.n_features)] for i in range(5)]
+        assert (remote.predict_proba(rows) == local.predict_proba(rows)).all()
+    finally:
+        stop(server)
