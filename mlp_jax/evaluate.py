@@ -83,20 +83,18 @@ def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
     return [j, t]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(**kwargs: Any):
+    # A bare Figure draws with Agg and never touches pyplot's global backend (a notebook's inline one).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path) -> Path:
     """Train/val loss and accuracy against epoch, side by side."""
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
+    ax_l, ax_a = fig.subplots(1, 2)
     ax_l.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_l.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax_l.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
@@ -110,18 +108,17 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[Any], path: str | Path) -> Path:
     """Counts and row-normalised (recall) confusion matrices, class labels on both axes."""
-    plt = _pyplot()
     counts = np.asarray(matrix, dtype=np.int64)
     norm = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     names = [str(c) for c in classes]
     k = len(names)
-    fig, axes = plt.subplots(1, 2, figsize=(5 + 1.2 * k, 2.5 + 0.6 * k))
+    fig = _figure(figsize=(5 + 1.2 * k, 2.5 + 0.6 * k))
+    axes = fig.subplots(1, 2)
     for ax, data, title, fmt in ((axes[0], counts, "Counts", "d"), (axes[1], norm, "Normalised by true class", ".2f")):
         im = ax.imshow(data, cmap="Blues")
         ax.set(
@@ -149,5 +146,4 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[Any
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
