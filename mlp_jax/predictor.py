@@ -71,7 +71,13 @@ class Predictor:
         mean, scale = jax.device_put((scaler.mean, scaler.scale), device)
         proba = predict_proba_fn(ckpt.graphdef)
 
-        def forward(params: Any, mean: jax.Array, scale: jax.Array, x: jax.Array) -> jax.Array:
+        # The arguments travel as a flat list of arrays: flattening the NNX state pytree on
+        # every call costs ~10 us, a third of a one-row request's model time.
+        leaves, treedef = jax.tree.flatten((ckpt.params, mean, scale))
+
+        def forward(leaves: list[jax.Array], x: jax.Array) -> jax.Array:
+            params, mean, scale = jax.tree.unflatten(treedef, leaves)
+
             def tile(xt: jax.Array) -> jax.Array:
                 return proba(params, (xt - mean[None, :]) / scale[None, :])  # explicit ranks (strict promotion)
 
@@ -80,7 +86,7 @@ class Predictor:
                 return tile(x)
             return jax.lax.map(tile, x.reshape(n // ROW_TILE, ROW_TILE, width)).reshape(n, -1)
 
-        self._args = (ckpt.params, mean, scale)
+        self._args = (leaves,)
         jitted = jax.jit(forward)
         self._compiled = {
             b: jitted.lower(*self._args, jax.ShapeDtypeStruct((b, self.n_features), jnp.float32)).compile()
@@ -165,8 +171,9 @@ class Predictor:
         """Probabilities ``[n, n_classes]`` (float32) for raw feature rows."""
         x = self.check_rows(rows)
         top = self.buckets[-1]
-        parts = [self._run(x[i : i + top]) for i in range(0, len(x), top)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(x) <= top:
+            return self._run(x)
+        return np.concatenate([self._run(x[i : i + top]) for i in range(0, len(x), top)])
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
