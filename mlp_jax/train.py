@@ -118,6 +118,44 @@ def epoch_key(seed: int, epoch: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), epoch)
 
 
+_FMIX = (0x85EBCA6B, 0xC2B2AE35)  # murmur3's 32-bit finaliser constants (odd, so invertible mod 2**32)
+_FMIX_INV = tuple(pow(c, -1, 2**32) for c in _FMIX)
+
+
+def _xorshift(h: jax.Array, s: int, inverse: bool = False) -> jax.Array:
+    if not inverse:
+        return h ^ (h >> s)
+    out = h
+    for _ in range(32 // s):
+        out = h ^ (out >> s)
+    return out
+
+
+def _fmix(h: jax.Array, inverse: bool = False) -> jax.Array:
+    m1, m2 = (jnp.uint32(c) for c in (_FMIX_INV[::-1] if inverse else _FMIX))
+    return _xorshift(_xorshift(_xorshift(h, 16, inverse) * m1, 13, inverse) * m2, 16, inverse)
+
+
+def shuffle_indices(key: jax.Array, n: int) -> jax.Array:
+    """A pseudo-random permutation of ``0..n-1`` (int32), a pure function of ``key``.
+
+    ``jax.random.permutation`` sorts (random key, index) pairs in two rounds; XLA:CPU
+    runs a sort with two operands through a comparator call per comparison (~15 ms per
+    round for 70k rows, a fifth of the baseline epoch), but a bare uint32 array through
+    a fast path (~3 ms). So each index goes through a keyed bijection of uint32 (three
+    rounds of murmur3's finaliser with the key mixed in): the images are distinct, so one
+    bare sort orders them with no ties, and the inverse bijection turns the sorted
+    images back into the indices they came from.
+    """
+    if n >= 2**31:
+        raise ValueError(f"shuffle_indices: {n} rows do not fit int32 indices")
+    k = jax.random.bits(key, (3,), jnp.uint32)
+    h = jax.lax.iota(jnp.uint32, n)
+    h = _fmix(_fmix(_fmix(h ^ k[0]) + k[1]) ^ k[2])
+    h = jnp.sort(h)
+    return (_fmix(_fmix(_fmix(h, True) ^ k[2], True) - k[1], True) ^ k[0]).astype(jnp.int32)
+
+
 def _sum(metrics: Metrics) -> Metrics:
     return jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
@@ -139,7 +177,7 @@ def make_train_epoch(
         shuffle_key, dropout_key = jax.random.split(key)
         rows = x.shape[0] if n_rows is None else n_rows
         steps = rows // batch_size
-        order = jax.random.permutation(shuffle_key, rows)[: steps * batch_size].reshape(steps, batch_size)
+        order = shuffle_indices(shuffle_key, rows)[: steps * batch_size].reshape(steps, batch_size)
 
         def body(state: TrainState, inputs: tuple[jax.Array, jax.Array]) -> tuple[TrainState, Metrics]:
             idx, step_key = inputs
@@ -481,5 +519,6 @@ __all__ = [
     "make_evaluate",
     "make_mesh",
     "make_train_epoch",
+    "shuffle_indices",
     "train_step",
 ]
