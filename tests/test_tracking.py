@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,25 +124,24 @@ def tracked(folder: Path, csv: Path, workdir: str, **overrides: str):
 # ----------------------------------------------------------------------------- a tracked run
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, mlflow_db) -> Iterator[SimpleNamespace]:
-    """A SQLite store holding one tracked tiny run (2 epochs), which is champion."""
-    folder = tmp_path_factory.mktemp("tracking")
-    csv = write_tiny_csv(folder / "tiny.csv")
-    with pytest.MonkeyPatch.context() as mp:
-        uri = use_store(mp, folder, mlflow_db(folder))
-        config = tracked(folder, csv, "first", **{"train.epochs": "2"})
-        summary = runner.run(config, progress=False)
-        yield SimpleNamespace(folder=folder, csv=csv, uri=uri, config=config, summary=summary, client=MlflowClient(uri))
+@pytest.fixture
+def store(tmp_path: Path, mlflow_db, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """An empty SQLite store and a tiny CSV in ``tmp_path`` (the working directory)."""
+    uri = use_store(monkeypatch, tmp_path, mlflow_db(tmp_path))
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    return SimpleNamespace(folder=tmp_path, csv=csv, uri=uri, client=MlflowClient(uri))
 
 
-def test_tracked_run_records_params_metrics_dataset_artifacts_and_model(store):
-    client, s = store.client, store.summary
+def test_tracked_runs_record_everything_and_the_champion_gate_goes_both_ways(store):
+    """One test, so that the three runs it needs are trained once under pytest-xdist."""
+    config = tracked(store.folder, store.csv, "first", **{"train.epochs": "2"})
+    s = runner.run(config, progress=False)
+    client = store.client
     run = client.get_run(s["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert (store.folder / "mlflow.db").is_file() and (store.folder / "mlruns").is_dir()
 
-    flat = to_flat_dict(store.config)
+    flat = to_flat_dict(config)
     assert set(run.data.params) == set(flat)
     assert run.data.params["model.hidden_sizes"] == "16,8" and run.data.params["train.epochs"] == "2"
 
@@ -192,9 +190,8 @@ def test_tracked_run_records_params_metrics_dataset_artifacts_and_model(store):
     assert run.data.tags["champion_gate.decision"] == "promoted"
     assert json.loads((Path(s["workdir"]) / tracking.RUN_FILE).read_text())["run_id"] == run.info.run_id
 
-
-def test_champion_gate_both_ways(store):
-    champion_loss = store.summary["best_val_loss"]
+    # the gate, both ways, against that champion
+    champion_loss = s["best_val_loss"]
     worse = runner.run(tracked(store.folder, store.csv, "worse", **{"train.epochs": "1"}), progress=False)
     assert worse["best_val_loss"] > champion_loss  # precondition: 1 epoch validates worse than 2
     assert worse["champion"] is False and worse["champion_gate"]["decision"] == "rejected"
@@ -206,12 +203,12 @@ def test_champion_gate_both_ways(store):
     champ = store.client.get_model_version_by_alias(MODEL, "champion")
     assert str(champ.version) == better["model_version"] != worse["model_version"]
 
-    for s, decision in ((worse, "rejected"), (better, "promoted")):
-        tags = store.client.get_run(s["mlflow_run_id"]).data.tags
+    for challenger, decision in ((worse, "rejected"), (better, "promoted")):
+        tags = client.get_run(challenger["mlflow_run_id"]).data.tags
         assert tags["champion_gate.decision"] == decision
         assert float(tags["champion_gate.champion_val_loss"]) == pytest.approx(champion_loss)
-        assert float(tags["champion_gate.challenger_val_loss"]) == pytest.approx(s["best_val_loss"])
-        assert store.client.get_model_version(MODEL, s["model_version"]).tags["champion_gate.decision"] == decision
+        assert float(tags["champion_gate.challenger_val_loss"]) == pytest.approx(challenger["best_val_loss"])
+        assert client.get_model_version(MODEL, challenger["model_version"]).tags["champion_gate.decision"] == decision
 
 
 def test_gate_rules():
@@ -226,43 +223,53 @@ def test_gate_rules():
     assert not tracking.champion_gate(0.1, "abc", {"version": "1", "val_loss": None, "dataset_digest": "abc"}).promote
 
 
-def test_resume_continues_an_unfinished_run_and_starts_a_linked_one_after_a_finished_run(store):
-    client = store.client
-    over = {"tracking.registered_model": "resume-model"}
-    first = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "2"}, **over), progress=False)
-    run_id = first["mlflow_run_id"]
-    client.set_terminated(run_id, "FAILED")  # as a crash after the last checkpoint leaves it
+def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_finished_one(store):
+    from mlp_jax import data as data_lib
 
-    again = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "3"}, **over), progress=False)
-    assert again["resumed_from_epoch"] == 2 and again["mlflow_run_id"] == run_id
+    client = store.client
+
+    def config(epochs: int, **kw: str):
+        kw = {"train.epochs": str(epochs), "tracking.registered_model": "resume-model", **kw}
+        return tracked(store.folder, store.csv, "resume", **kw)
+
+    runner.run(config(2, **{"tracking.enabled": "false"}), progress=False)  # epochs 1-2 untracked
+    first = runner.run(config(3), progress=False)
+    run_id = first["mlflow_run_id"]
+    assert first["resumed_from_epoch"] == 2
+    assert sorted(m.step for m in client.get_metric_history(run_id, "val_loss")) == [1, 2, 3]  # 1-2 from the checkpoint
+
+    client.set_terminated(run_id, "FAILED")  # as a crash after the last checkpoint leaves it
+    again = runner.run(config(4), progress=False)
+    assert again["resumed_from_epoch"] == 3 and again["mlflow_run_id"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [1, 2, 3]  # nothing logged twice
-    assert run.data.tags["mlp_jax.resume_changed.train.epochs"] == "2 -> 3"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "train_loss")) == [1, 2, 3, 4]  # none twice
+    assert run.data.tags["mlp_jax.resume_changed.train.epochs"] == "3 -> 4"
+    assert run.data.params["train.epochs"] == "3"  # params are immutable in MLflow; the change is a tag
 
-    later = runner.run(tracked(store.folder, store.csv, "resume", **{"train.epochs": "4"}, **over), progress=False)
-    assert later["mlflow_run_id"] != run_id
-    new = client.get_run(later["mlflow_run_id"])
-    assert new.data.tags["mlp_jax.continues_run"] == run_id
-    assert sorted(m.step for m in client.get_metric_history(new.info.run_id, "train_loss")) == [1, 2, 3, 4]
-    assert new.data.params["train.epochs"] == "4"
+    session = tracking.start(config(5), data_lib.prepare(config(5).data, 0))
+    try:
+        assert session.run_id != run_id
+        assert client.get_run(session.run_id).data.tags["mlp_jax.continues_run"] == run_id
+    finally:
+        session.abort(None)
 
 
-def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, trained_workdir, tmp_path):
+def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, trained_workdir):
     from mlp_jax import data as data_lib
     from mlp_jax.checkpoint import resolve
 
     workdir, step = resolve(trained_workdir)
-    broken = tmp_path / "broken"
+    broken = store.folder / "broken"
     shutil.copytree(workdir / str(step), broken / str(step))
     shutil.rmtree(broken / str(step) / "state")  # metadata intact, arrays gone
-    config = tracked(tmp_path, store.csv, "broken", **{"tracking.registered_model": "broken-model"})
+    config = tracked(store.folder, store.csv, "broken", **{"tracking.registered_model": "broken-model"})
     session = tracking.start(config, data_lib.prepare(config.data, config.seed))
     summary = json.loads((workdir / "summary.json").read_text())
     report = json.loads((workdir / "plots" / "classification_report.json").read_text())
     with pytest.raises(tracking.TrackingError, match="failed to load and predict"):
         try:
-            session.finish(tmp_path, summary, [], report, [], str(broken / str(step)))
+            session.finish(store.folder, summary, [], report, [], str(broken / str(step)))
         except BaseException as e:
             session.abort(e)
             raise
@@ -293,10 +300,9 @@ def test_unusable_sqlite_store_fails_before_training(tmp_path, tiny_csv, monkeyp
     assert not (tmp_path / "run").exists()
 
 
-def test_locked_sqlite_store_fails_before_training(store, tmp_path, monkeypatch):
-    db = tmp_path / "locked.db"
-    shutil.copy(store.folder / "mlflow.db", db)
-    use_store(monkeypatch, tmp_path, f"sqlite:///{db}")
+def test_locked_sqlite_store_fails_before_training(store):
+    db = store.folder / "mlflow.db"
+    tmp_path = store.folder
     lock = sqlite3.connect(db, isolation_level=None)
     try:
         lock.execute("BEGIN EXCLUSIVE")  # another process holding a write transaction
