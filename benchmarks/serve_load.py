@@ -1,0 +1,330 @@
+"""Load test: our Litestar service vs MLflow's scoring server, same registered model, same clients.
+
+    python -m benchmarks.serve_load [--model checkpoints/baseline] [--duration 20] [--connections 16]
+
+What it does, in one run:
+
+1. registers the checkpoint (default: the baseline's workdir; trained first if missing) as
+   ``mlp-jax-bench@champion`` in a temporary SQLite MLflow store;
+2. starts ``python -m mlp_jax.serve --model models:/mlp-jax-bench@champion`` and
+   ``mlflow models serve -m models:/mlp-jax-bench@champion --env-manager local``, both on
+   127.0.0.1 with the same number of workers;
+3. drives each with ``wrk`` (``--connections`` keep-alive connections for ``--duration``
+   seconds after a short warm-up) with one-row and 256-row requests: ours on ``/predict``
+   and ``/invocations``, MLflow's on ``/invocations`` (the same ``dataframe_split`` body);
+4. prints requests/s, rows/s, p50/p99 latency and errors for each, and the ratios.
+
+``wrk`` is the load generator (install: ``apt-get install -y wrk``). Without it the script
+says so and falls back to a Python client in ``--connections`` threads, which on a small
+machine is itself the bottleneck: its figures are lower bounds, not comparable to wrk's.
+Client and servers share the machine's cores; say so when quoting figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME = "mlp-jax-bench"
+
+
+@dataclass
+class Result:
+    server: str
+    endpoint: str
+    rows_per_request: int
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+    client: str
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_checkpoint(model: Path) -> None:
+    if model.exists():
+        return
+    print(f"{model} not found: training the baseline first (tracking off)", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "experiments.baseline", "tracking.enabled=false", "train.progress=false"],
+        cwd=ROOT,
+        check=True,
+    )
+
+
+def register(checkpoint: Path, store: Path) -> str:
+    """Logs ``checkpoint`` as an MLflow model in ``store`` and makes it ``MODEL_NAME@champion``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mlp_jax import pyfunc
+    from mlp_jax.checkpoint import resolve
+
+    workdir, step = resolve(checkpoint)
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_experiment("serve-benchmark")
+    with mlflow.start_run():
+        info = pyfunc.log_model(workdir / str(step), registered_model_name=MODEL_NAME)
+    MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", info.registered_model_version)
+    return f"models:/{MODEL_NAME}@champion"
+
+
+def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    out = open(log, "w")  # the child keeps it; closed when the process ends
+    return subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited ({proc.returncode}) before {url} answered:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def wrk_script(body: str, path: Path) -> Path:
+    lua = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
+    path.write_text(lua)
+    return path
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, duration: float, threads: int
+) -> tuple[float, float, float, int, int]:
+    """``(requests/s, p50 ms, p99 ms, requests, errors)`` from one wrk run."""
+    seconds = max(1, round(duration))
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+        p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+    except AttributeError:
+        raise SystemExit(f"cannot read wrk's output:\n{out}") from None
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(g) for g in m.groups())
+    return rps, p50, p99, total, errors
+
+
+def run_python_client(url: str, body: str, connections: int, duration: float) -> tuple[float, float, float, int, int]:
+    """Fallback without wrk: ``connections`` threads, each one keep-alive connection."""
+    host, port, path = re.fullmatch(r"http://([^:/]+):(\d+)(/.*)", url).groups()
+    payload = body.encode()
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        mine = []
+        while time.perf_counter() < stop_at:
+            t = time.perf_counter()
+            try:
+                conn.request("POST", path, payload, {"Content-Type": "application/json"})
+                r = conn.getresponse()
+                r.read()
+                ok = r.status == 200
+            except OSError:
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            mine.append(time.perf_counter() - t)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    start_t = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start_t
+    lat = np.asarray(latencies) * 1e3
+    return len(lat) / elapsed, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat), errors[0]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="checkpoints/baseline", help="checkpoint (workdir or step folder) to register")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds per measurement")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each measurement")
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--workers", type=int, default=1, help="server workers, the same for both servers")
+    p.add_argument("--batch-rows", type=int, default=256)
+    p.add_argument("--skip-mlflow", action="store_true", help="only our service")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+
+    use_wrk = shutil.which("wrk") is not None
+    if not use_wrk:
+        print(
+            "wrk not found (install it: apt-get install -y wrk). Falling back to a Python client in threads: "
+            "it is the bottleneck on a small machine, so these figures are lower bounds, not wrk figures.",
+            file=sys.stderr,
+        )
+    model = Path(args.model).resolve()
+    json_out = args.json.resolve() if args.json else None
+    ensure_checkpoint(model)
+
+    tmp = Path(tempfile.mkdtemp(prefix="mlp-jax-serve-bench-"))
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PYTHONPATH": str(ROOT),
+        # mlflow models serve execs `uvicorn` by name: the venv's bin must be on PATH
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    os.environ.update({k: env[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")})
+    os.chdir(tmp)  # MLflow's artifacts (./mlruns) land in the temporary folder
+    uri = register(model, tmp)
+    print(f"registered {model} as {uri} in {env['MLFLOW_TRACKING_URI']}", flush=True)
+
+    from mlp_jax.checkpoint import restore_for_inference
+
+    meta = restore_for_inference(model).meta
+    names = list(meta["feature_names"])
+    rng = np.random.default_rng(0)
+    mean, scale = np.asarray(meta["standardizer"]["mean"]), np.asarray(meta["standardizer"]["scale"])
+
+    def rows(n: int) -> list[list[float]]:
+        return np.round(mean + scale * rng.normal(size=(n, len(names))), 6).tolist()
+
+    one, batch = rows(1), rows(args.batch_rows)
+    bodies = {
+        ("/predict", 1): json.dumps({"features": one[0]}),
+        ("/predict", args.batch_rows): json.dumps({"instances": batch}),
+        ("/invocations", 1): json.dumps({"dataframe_split": {"columns": names, "data": one}}),
+        ("/invocations", args.batch_rows): json.dumps({"dataframe_split": {"columns": names, "data": batch}}),
+    }
+
+    servers: dict[str, tuple[list[str], list[str]]] = {
+        "mlp-jax (litestar)": (
+            [sys.executable, "-m", "mlp_jax.serve", "--model", uri, "--workers", str(args.workers)],
+            ["/predict", "/invocations"],
+        ),
+    }
+    if not args.skip_mlflow:
+        mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+        servers["mlflow models serve"] = (
+            [mlflow_cli, "models", "serve", "-m", uri, "--env-manager", "local", "-w", str(args.workers)],
+            ["/invocations"],
+        )
+
+    results: list[Result] = []
+    for name, (cmd, endpoints) in servers.items():
+        port = free_port()
+        log = tmp / f"{name.split()[0]}.log"
+        proc = start([*cmd, "--port", str(port), "--host", "127.0.0.1"], env, tmp, log)
+        try:
+            health = "/ready" if name.startswith("mlp-jax") else "/ping"
+            wait_ready(f"http://127.0.0.1:{port}{health}", proc, log)
+            for endpoint in endpoints:
+                for n in (1, args.batch_rows):
+                    url = f"http://127.0.0.1:{port}{endpoint}"
+                    body = bodies[(endpoint, n)]
+                    if use_wrk:
+                        script = wrk_script(body, tmp / "load.lua")
+                        run_wrk(url, script, args.connections, args.warmup, args.threads)
+                        rps, p50, p99, total, errors = run_wrk(
+                            url, script, args.connections, args.duration, args.threads
+                        )
+                    else:
+                        run_python_client(url, body, args.connections, args.warmup)
+                        rps, p50, p99, total, errors = run_python_client(url, body, args.connections, args.duration)
+                    r = Result(name, endpoint, n, rps, rps * n, p50, p99, total, errors, "wrk" if use_wrk else "python")
+                    results.append(r)
+                    print(
+                        f"{name:20s} {endpoint:13s} {n:4d} row(s): {rps:9,.0f} req/s {rps * n:11,.0f} rows/s  "
+                        f"p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  errors {errors}/{total}",
+                        flush=True,
+                    )
+        finally:
+            stop(proc)
+
+    def find(server: str, endpoint: str, n: int) -> Result | None:
+        return next((r for r in results if (r.server, r.endpoint, r.rows_per_request) == (server, endpoint, n)), None)
+
+    print()
+    for n in (1, args.batch_rows):
+        theirs = find("mlflow models serve", "/invocations", n)
+        for endpoint in ("/predict", "/invocations"):
+            ours = find("mlp-jax (litestar)", endpoint, n)
+            if ours and theirs:
+                print(
+                    f"{n:4d} row(s): ours {endpoint} / mlflow /invocations = {ours.requests_per_s / theirs.requests_per_s:5.1f}x "
+                    f"req/s; p99 {ours.p99_ms:.2f} ms vs {theirs.p99_ms:.2f} ms"
+                )
+    if json_out:
+        json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
