@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One bounded accelerator check: the training benchmark (a GPU-sized run, <= ~4 minutes) and the
+# baseline experiment, with every result and log written under $OUT (6 files).
+#
+#   OUT=/path/to/out bash benchmarks/gpu_check.sh
+#   GPU_CHECK_QUICK=1 OUT=/tmp/gpuout bash benchmarks/gpu_check.sh   # tiny settings: proves it runs (a CPU will do)
+#
+# Runs from a checkout of the repository without installing it (PYTHONPATH=.). Needs jax (with
+# CUDA on a GPU machine), flax, optax, orbax-checkpoint, pandas, scikit-learn, matplotlib; not
+# mlflow or litestar (the benchmark skips its tracked run when mlflow is missing).
+#
+# Files: env.txt (device, versions), train_throughput.log + .json, baseline.log,
+# baseline_summary.json (the run's folder itself is removed: checkpoints are many files),
+# gpu_check.log (steps, exit codes, wall times).
+set -uo pipefail
+: "${OUT:?set OUT to the folder for results}"
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+export MLFLOW_DISABLE_TELEMETRY=true
+# The runner's persistent compilation cache, kept out of $HOME and out of $OUT.
+export MLP_JAX_COMPILATION_CACHE="${MLP_JAX_COMPILATION_CACHE:-${TMPDIR:-/tmp}/mlp-jax-gpu-check-cache}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+
+if [[ -n "${GPU_CHECK_QUICK:-}" ]]; then
+    BENCH_ARGS=(--quick --budget-s 20)
+    BENCH_TIMEOUT=300
+    BASELINE_ARGS=(train.epochs=2)
+else
+    BENCH_ARGS=(--budget-s 100 --e2e-runs cold,warm)
+    BENCH_TIMEOUT=250
+    BASELINE_ARGS=()
+fi
+
+step() {  # step NAME TIMEOUT_S LOGFILE CMD...: run one bounded step, record its exit code and wall time
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local t0=$SECONDS
+    echo "[$(date -u +%H:%M:%S)] $name: $*" >>"$LOG"
+    timeout --kill-after=10 "$limit" "$@" >"$log" 2>&1
+    local rc=$?
+    echo "[$(date -u +%H:%M:%S)] $name: exit $rc after $((SECONDS - t0)) s" >>"$LOG"
+    return 0
+}
+
+{
+    echo "date: $(date -u)"
+    echo "host: $(uname -a)"
+    nvidia-smi 2>&1 || echo "(no nvidia-smi)"
+    "$PY" - <<'EOF' 2>&1
+import importlib.metadata as md, platform, jax
+print("python", platform.python_version())
+for p in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pandas", "scikit-learn"):
+    try:
+        print(p, md.version(p))
+    except md.PackageNotFoundError:
+        print(p, "missing")
+print("backend", jax.default_backend(), "devices", jax.devices())
+EOF
+} >"$OUT/env.txt" 2>&1
+
+step benchmark "$BENCH_TIMEOUT" "$OUT/train_throughput.log" \
+    "$PY" -m benchmarks.train_throughput "${BENCH_ARGS[@]}" --json "$OUT/train_throughput.json"
+
+step baseline 240 "$OUT/baseline.log" \
+    "$PY" -m experiments.baseline tracking.enabled=false train.compare_sklearn=false train.progress=false \
+    "workdir=$OUT/run" "${BASELINE_ARGS[@]}"
+if [[ -f "$OUT/run/summary.json" ]]; then
+    cp "$OUT/run/summary.json" "$OUT/baseline_summary.json"
+fi
+rm -rf "$OUT/run"
+echo "files: $(cd "$OUT" && ls | tr '\n' ' ')" >>"$LOG"
+cat "$LOG"
