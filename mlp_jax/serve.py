@@ -119,6 +119,26 @@ class InvocationsRequest(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] | None = None
 
 
+class NumericSplit(msgspec.Struct, forbid_unknown_fields=True):
+    columns: list[str]
+    data: list[list[float]]
+    index: list[Any] | None = None
+
+
+class NumericInvocations(msgspec.Struct, forbid_unknown_fields=True):
+    """The fast path of :class:`InvocationsRequest`: every value a JSON number, checked while decoding.
+
+    A body that does not fit (a text column, a list of records under ``instances``, an
+    error) takes the general path, which also words the error.
+    """
+
+    dataframe_split: NumericSplit | None = None
+    dataframe_records: list[dict[str, float]] | None = None
+    instances: list[list[float]] | dict[str, list[float]] | None = None
+    inputs: list[list[float]] | dict[str, list[float]] | None = None
+    params: dict[str, Any] | None = None
+
+
 class Health(msgspec.Struct):
     status: str
 
@@ -228,7 +248,7 @@ def _rows_from_records(records: list[Any], features: tuple[str, ...], what: str)
     return rows
 
 
-def _rows_from_split(split: DataframeSplit, features: tuple[str, ...]) -> list[list[Any]]:
+def _rows_from_split(split: DataframeSplit | NumericSplit, features: tuple[str, ...]) -> list[list[Any]]:
     cols = {c: i for i, c in enumerate(split.columns)}
     missing = [f for f in features if f not in cols]
     if missing:
@@ -298,12 +318,16 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
         return sub.to_numpy(dtype=np.float64).tolist()
     if mime != "application/json":
         raise InvalidInput(f"unsupported content type {content_type!r}: expected 'application/json' or 'text/csv'", 415)
+    req: InvocationsRequest | NumericInvocations
     try:
-        req = msgspec.json.decode(body, type=InvocationsRequest)
-    except msgspec.ValidationError as e:
-        raise InvalidInput(f"invalid request: {e}") from None
-    except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"malformed JSON: {e}") from None
+        req, numeric = msgspec.json.decode(body, type=NumericInvocations), True
+    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
+        try:
+            req, numeric = msgspec.json.decode(body, type=InvocationsRequest), False
+        except msgspec.ValidationError as e:
+            raise InvalidInput(f"invalid request: {e}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            raise InvalidInput(f"malformed JSON: {e}") from None
     given = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if getattr(req, k) is not None]
     if len(given) != 1:
         raise InvalidInput(
@@ -319,7 +343,7 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
         rows = _rows_from_records(req.dataframe_records, features, key)
     else:
         rows = _rows_from_tensor(getattr(req, key), features, key)
-    return _numeric_rows(rows, features)
+    return rows if numeric else _numeric_rows(rows, features)
 
 
 # ----------------------------------------------------------------------------- app
@@ -332,7 +356,7 @@ class Service:
         self.predictor = predictor
         self.max_rows = max_rows
         self.ready = False
-        self.proba_columns = predictor.probability_columns()
+        self.record_keys = ("prediction", *predictor.probability_columns())  # one /invocations record
         self.classes = list(predictor.classes)
 
     def check_count(self, n: int) -> None:
@@ -426,11 +450,8 @@ def create_app(
             labels, probs = await service.score(rows, len(rows), "invocations")
         except InvalidInput as e:
             return _mlflow_error(str(e), e.status)
-        cols = service.proba_columns
-        records = [
-            {"prediction": lab, **dict(zip(cols, p, strict=True))}
-            for lab, p in zip(labels, probs.tolist(), strict=True)
-        ]
+        keys = service.record_keys
+        records = [dict(zip(keys, (lab, *p), strict=True)) for lab, p in zip(labels, probs.tolist(), strict=True)]
         return Response({"predictions": records}, media_type=MediaType.JSON)
 
     @get("/health", summary="Liveness")
