@@ -150,8 +150,8 @@ def run_wrk(
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     try:
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-        p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # anchored: "69.50%" appears above
+        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
         total = int(re.search(r"(\d+) requests in", out).group(1))
     except AttributeError:
         raise SystemExit(f"cannot read wrk's output:\n{out}") from None
