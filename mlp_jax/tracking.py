@@ -284,8 +284,7 @@ class Session:
         self.run_id = run_id
         self.continued = continued
         self.mlflow_dataset = _dataset_entity(dataset)
-        logged = {m.step for m in client.get_metric_history(run_id, "val_loss")} if continued else set()
-        self.writer = MlflowWriter(client, run_id, logged)
+        self.writer = MlflowWriter(client, run_id)
         self._pending_version: str | None = None
         self._done = False
 
@@ -303,6 +302,7 @@ class Session:
         if previous:
             tags["mlp_jax.continues_run"] = previous
         if self.continued:
+            self.writer.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
             have = self.client.get_run(self.run_id).data.params
             changed = {k: v for k, v in flat.items() if k in have and have[k] != v}
             flat = {k: v for k, v in flat.items() if k not in have}
@@ -553,6 +553,8 @@ def start(config: Config, dataset: Any) -> Session:
         try:
             client.get_registered_model(cfg.registered_model)
         except MlflowException as e:
+            if e.error_code == "INVALID_PARAMETER_VALUE":
+                raise TrackingError(f"tracking.registered_model {cfg.registered_model!r}: {e.message}") from None
             if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
         previous = _read_run_file(workdir)
@@ -580,8 +582,9 @@ def start(config: Config, dataset: Any) -> Session:
     except Exception as e:
         if session is not None:
             session.abort(e)
+        first_line = (str(e).strip().splitlines() or [""])[0]  # SQLAlchemy appends the SQL and a link
         raise TrackingError(
-            f"MLflow store {uri} is not usable ({type(e).__name__}: {e}); nothing was trained. "
+            f"MLflow store {uri} is not usable ({type(e).__name__}: {first_line}); nothing was trained. "
             "Fix the store or run with tracking.enabled=false"
         ) from e
     how = "continuing run" if continue_id else "run"

@@ -300,6 +300,13 @@ def test_unusable_sqlite_store_fails_before_training(tmp_path, tiny_csv, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_registered_model_name_mlflow_refuses_fails_before_training(store):
+    config = tracked(store.folder, store.csv, "run", **{"tracking.registered_model": "team/model"})
+    with pytest.raises(tracking.TrackingError, match=r"tracking.registered_model 'team/model': .*cannot contain '/'"):
+        runner.run(config, progress=False)
+    assert not (store.folder / "run").exists()
+
+
 def test_locked_sqlite_store_fails_before_training(store):
     db = store.folder / "mlflow.db"
     tmp_path = store.folder
