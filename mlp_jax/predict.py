@@ -198,7 +198,9 @@ def feature_matrix(batch: pa.RecordBatch, features: list[str], offset: int, src:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mlp_jax.predict", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m mlp_jax.predict", description="Score a CSV file, streamed in blocks, into a new CSV."
+    )
     p.add_argument("--model", required=True, help="workdir, step folder or models:/ URI")
     p.add_argument("--input", required=True, help="CSV with a header and the model's feature columns")
     p.add_argument("--output", required=True, help="CSV to write (replaced atomically)")

@@ -533,7 +533,9 @@ def worker_app() -> Litestar:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mlp_jax.serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m mlp_jax.serve", description="Serve a model over HTTP (Litestar on uvicorn)."
+    )
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"workdir, step folder or models:/ URI (default {DEFAULT_MODEL})"
     )
