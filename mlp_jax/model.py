@@ -29,11 +29,12 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
     The kernel gradient ``x.T @ g`` contracts the batch axis, the leading axis of both
     operands. XLA:CPU hands matmuls with a row-major left operand to its fast
-    YNNPACK kernels but runs this "transposed-left" one in Eigen at a third to a half
-    of their speed, and it folds any transpose written in JAX back into the dot. So on
-    CPU the backward pass materialises the transpose of the narrower operand behind an
-    ``optimization_barrier`` (a copy of at most ``batch x width`` floats): the 20-128-64-2
-    epoch runs ~1.25x faster (benchmarks/RESULTS.md). Reverse mode only (no ``jax.jvp``).
+    YNNPACK kernels but runs this "transposed-left" one in Eigen, slower (63 vs 41 us
+    for the 128x64 kernel at batch 256), and it folds any transpose written in JAX back
+    into the dot. So on CPU the backward pass materialises the transpose of the narrower
+    operand behind an ``optimization_barrier`` (a copy of at most ``batch x width``
+    floats): the 20-128-64-2 epoch runs ~1.1x faster on a quiet 2-core machine, ~1.3x on a
+    busy one (benchmarks/RESULTS.md). Reverse mode only (no ``jax.jvp``).
     """
     return _affine(x, kernel, bias)
 

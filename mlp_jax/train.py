@@ -141,8 +141,8 @@ def shuffle_indices(key: jax.Array, n: int) -> jax.Array:
 
     ``jax.random.permutation`` sorts (random key, index) pairs in two rounds; XLA:CPU
     runs a sort with two operands through a comparator call per comparison (~15 ms per
-    round for 70k rows, a fifth of the baseline epoch), but a bare uint32 array through
-    a fast path (~3 ms). So each index goes through a keyed bijection of uint32 (three
+    round for 70k rows: the two took a third of the baseline epoch), but a bare uint32
+    array through a fast path (~3 ms). So each index goes through a keyed bijection of uint32 (three
     rounds of murmur3's finaliser with the key mixed in): the images are distinct, so one
     bare sort orders them with no ties, and the inverse bijection turns the sorted
     images back into the indices they came from.
