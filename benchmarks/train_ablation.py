@@ -84,16 +84,17 @@ import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 from mlp_jax import data as data_lib, model as model_lib, train
-from mlp_jax.config import Config
+from mlp_jax.config import Config, ModelConfig
 
 patches, epochs, one_core = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3] == "1"
+hidden = tuple(int(h) for h in sys.argv[4].split(","))
 if one_core:
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 if "shuffle" in patches:
     train.shuffle_indices = lambda key, n: jax.random.permutation(key, n)
 if "dense" in patches:
     model_lib.dense = lambda x, kernel, bias: model_lib._affine(x, kernel, bias)
-cfg = Config()
+cfg = Config(model=ModelConfig(hidden_sizes=hidden))
 ds = data_lib.prepare(cfg.data, cfg.seed)
 mesh = train.make_mesh(0)
 rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
@@ -114,14 +115,14 @@ print(json.dumps({"rates": [samples / t for t in times], "compile_s": compile_s,
 """
 
 
-def run_variant(name: str, epochs: int) -> dict:
+def run_variant(name: str, epochs: int, hidden: str = "128,64") -> dict:
     """One subprocess: compile the epoch, one warm-up epoch, then ``epochs`` timed ones."""
     _, flags, patches, one_core = VARIANTS[name]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), flags]))
     env.setdefault("JAX_PLATFORMS", "cpu")
-    cmd = [sys.executable, "-c", CHILD, ",".join(patches), str(epochs), "1" if one_core else "0"]
+    cmd = [sys.executable, "-c", CHILD, ",".join(patches), str(epochs), "1" if one_core else "0", hidden]
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=4, help="timed epochs per run")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--hidden", default="128,64", help="hidden sizes of the MLP (default: the baseline's)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -142,32 +144,45 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.rounds < 1 or args.epochs < 1:
         p.error("--rounds and --epochs must be >= 1")
+    try:
+        if not all(int(h) > 0 for h in args.hidden.split(",")):
+            raise ValueError
+    except ValueError:
+        p.error(f"--hidden: expected positive integers like 512,512, got {args.hidden!r}")
     if "one-core" in names and not hasattr(os, "sched_setaffinity"):
         names.remove("one-core")
-    from benchmarks.train_throughput import _load, matmul_flops_per_second
+    from benchmarks.train_throughput import _load, matmul_flops_per_second, train_flops_per_sample
 
-    print(f"load average {_load()}; float32 matmul {matmul_flops_per_second()['flops'] / 1e9:,.1f} GFLOP/s", flush=True)
+    matmul = matmul_flops_per_second()["flops"]
+    flops = train_flops_per_sample(20, [int(h) for h in args.hidden.split(",")], 2)  # the baseline task's sizes
+    print(f"load average {_load()}; float32 matmul {matmul / 1e9:,.1f} GFLOP/s", flush=True)
     results: dict[str, list[dict]] = {n: [] for n in names}
     t0 = time.perf_counter()
     for r in range(args.rounds):
         for n in names:
-            res = run_variant(n, args.epochs)
+            res = run_variant(n, args.epochs, args.hidden)
             results[n].append(res)
             shown = f"{max(res['rates']):,.0f} samples/s" if "rates" in res else res["error"]
             print(f"  round {r + 1} {n}: {shown}", flush=True)
     base = max((max(x["rates"]) for x in results.get("project", []) if "rates" in x), default=None)
     lines = [
-        "| variant | what changes | best samples/s | median of round bests | vs project |",
-        "|---|---|---:|---:|---:|",
+        f"Hidden sizes {args.hidden}, batch 256, {args.rounds} round(s) of {args.epochs} timed epochs; "
+        f"matmul rate {matmul / 1e9:,.0f} GFLOP/s.",
+        "",
+        "| variant | what changes | best samples/s | median of round bests | vs project | % of matmul rate |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for n in names:
         ok = [x for x in results[n] if "rates" in x]
         if not ok:
-            lines.append(f"| {n} | {VARIANTS[n][0]} | failed: {results[n][0]['error']} | | |")
+            lines.append(f"| {n} | {VARIANTS[n][0]} | failed: {results[n][0]['error']} | | | |")
             continue
         bests = [max(x["rates"]) for x in ok]
         rel = f"{max(bests) / base:.2f}x" if base else ""
-        lines.append(f"| {n} | {VARIANTS[n][0]} | {max(bests):,.0f} | {statistics.median(bests):,.0f} | {rel} |")
+        frac = 100 * max(bests) * flops / matmul
+        lines.append(
+            f"| {n} | {VARIANTS[n][0]} | {max(bests):,.0f} | {statistics.median(bests):,.0f} | {rel} | {frac:.0f}% |"
+        )
     print("\n" + "\n".join(lines))
     print(f"\n(load average at end {_load()}; {time.perf_counter() - t0:.0f} s)")
     if args.json:

@@ -104,14 +104,21 @@ def test_benchmark_head_to_head_and_scaling_on_a_tiny_task(tmp_path, tiny_csv):
     assert matmul["flops"] > 0 and matmul["n"] == 128
     head = B.head_to_head(ds, epochs=2, matmul=matmul["flops"], batch_size=32)
     names = [r["name"] for r in head["rows"]]
-    assert names[0].startswith("project") and names[1].startswith("per-step") and len(names) == 4
+    assert names[0].startswith("project") and names[1].startswith("per-step loop, flax-example")
+    assert names[2].startswith("per-step loop, lean") and len(names) == 5
     for r in head["rows"]:
         assert r["samples_per_second"] > 0 and 0.5 < r["test_accuracy"] <= 1 and r["epochs"] == 2
-    assert head["ratio_vs_sklearn"] > 0 and head["ratio_vs_per_step_loop"] > 0
+    assert head["ratio_vs_sklearn"] > 0 and head["ratio_vs_per_step_loop"] > 0 and head["ratio_vs_lean_loop"] > 0
     assert head["flops_per_sample"] == 6 * (6 * 128 + 128 * 64 + 64 * 2)
     point = B.scaling_point(ds, 32, (16, 16), 1, matmul["flops"])
     assert point["samples_per_second"] > 0 and point["hidden"] == [16, 16]
-    text = B.markdown({"machine": B.machine_info(), "matmul": matmul, "head": head, "scaling": {"batch": [point]}})
+    results = {"machine": B.machine_info(), "matmul": {**matmul, "measured": [matmul["flops"]]}, "head": head}
+    results["scaling"] = {"batch": [point]}
+    B.rescale_fractions(results, 2 * matmul["flops"])
+    assert point["matmul_fraction"] == pytest.approx(
+        point["samples_per_second"] * point["flops_per_sample"] / (2 * matmul["flops"])
+    )
+    text = B.markdown(results)
     assert "| project (train.fit" in text and "### Scaling: batch size" in text
 
 
