@@ -255,6 +255,23 @@ def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_fi
         session.abort(None)
 
 
+def test_writer_sends_one_batch_per_epoch_in_the_background_and_flush_reports_failures(store):
+    client = store.client
+    run = client.create_run(client.create_experiment("writer"))
+    writer = tracking.MlflowWriter(client, run.info.run_id)
+    for epoch in (1, 2, 3):
+        writer.write_scalars(epoch, {"train_loss": 1.0 / epoch, "val_loss": 2.0 / epoch})
+    writer.write_scalars(2, {"train_loss": 9.0})  # an epoch already recorded is not sent again
+    writer.flush()
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+
+    client.delete_run(run.info.run_id)  # the store now refuses this run
+    writer.write_scalars(4, {"train_loss": 0.25})
+    with pytest.raises(tracking.TrackingError, match=r"1 epoch metric batch\(es\) of MLflow run .* not recorded"):
+        writer.close()
+
+
 def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, trained_workdir):
     from mlp_jax import data as data_lib
     from mlp_jax.checkpoint import resolve
