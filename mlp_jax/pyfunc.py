@@ -13,8 +13,10 @@ Also here: :func:`download_checkpoint`, which the predictor uses for ``models:/`
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -164,7 +166,7 @@ def download_checkpoint(uri: str, dst: str | Path | None = None) -> Path:
       uri: ``models:/NAME@alias``, ``models:/NAME/VERSION``, ``models:/m-<id>``,
         ``runs:/RUN_ID/model`` (or ``runs:/RUN_ID``, meaning its ``model``). The store is
         ``MLFLOW_TRACKING_URI`` (registry: ``MLFLOW_REGISTRY_URI``), else MLflow's default.
-      dst: folder to download into (default: a new temporary folder).
+      dst: folder to download into (default: a new temporary folder, removed at interpreter exit).
 
     Returns:
       A step folder that :func:`mlp_jax.checkpoint.restore_for_inference` accepts.
@@ -193,7 +195,11 @@ def download_checkpoint(uri: str, dst: str | Path | None = None) -> Path:
         check_store(store, create=False)
     except TrackingError as e:
         raise CheckpointError(f"cannot load {uri}: {e}") from None
-    target = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="mlp-jax-model-"))
+    if dst is None:
+        target = Path(tempfile.mkdtemp(prefix="mlp-jax-model-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)  # restored into memory long before
+    else:
+        target = Path(dst)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
     except MlflowException as e:
