@@ -29,7 +29,7 @@ if [[ -n "${GPU_CHECK_QUICK:-}" ]]; then
     BENCH_TIMEOUT=300
     BASELINE_ARGS=(train.epochs=2)
 else
-    BENCH_ARGS=(--budget-s 100 --e2e-runs cold,warm)
+    BENCH_ARGS=(--rounds 1 --budget-s 100 --e2e-runs cold,warm)
     BENCH_TIMEOUT=250
     BASELINE_ARGS=()
 fi

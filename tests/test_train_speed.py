@@ -102,12 +102,14 @@ def test_benchmark_head_to_head_and_scaling_on_a_tiny_task(tmp_path, tiny_csv):
     ds = D.prepare(cfg.data, cfg.seed)
     matmul = B.matmul_flops_per_second(sizes=(128,), repeats=1)
     assert matmul["flops"] > 0 and matmul["n"] == 128
-    head = B.head_to_head(ds, epochs=2, matmul=matmul["flops"], batch_size=32)
+    head = B.head_to_head(ds, epochs=2, matmul=matmul["flops"], batch_size=32, rounds=2)
     names = [r["name"] for r in head["rows"]]
     assert names[0].startswith("project") and names[1].startswith("per-step loop, flax-example")
     assert names[2].startswith("per-step loop, lean") and len(names) == 5
     for r in head["rows"]:
         assert r["samples_per_second"] > 0 and 0.5 < r["test_accuracy"] <= 1 and r["epochs"] == 2
+        assert len(r["round_samples_per_second"]) == 2 and len(r["epoch_samples_per_second"]) == 4
+        assert r["samples_per_second"] == pytest.approx(np.median(r["round_samples_per_second"]))
     assert head["ratio_vs_sklearn"] > 0 and head["ratio_vs_per_step_loop"] > 0 and head["ratio_vs_lean_loop"] > 0
     assert head["flops_per_sample"] == 6 * (6 * 128 + 128 * 64 + 64 * 2)
     point = B.scaling_point(ds, 32, (16, 16), 1, matmul["flops"])
