@@ -35,6 +35,8 @@ def _env(cache: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["MLP_JAX_COMPILATION_CACHE"] = cache
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # on a GPU the parent benchmark already holds JAX's default 75% preallocation
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     return env
 
 
