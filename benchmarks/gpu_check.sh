@@ -54,7 +54,8 @@ step() {  # step NAME TIMEOUT_S LOGFILE CMD...: run one bounded step, record its
     "$PY" - <<'EOF' 2>&1
 import importlib.metadata as md, platform, jax
 print("python", platform.python_version())
-for p in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pandas", "scikit-learn"):
+for p in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pandas", "pyarrow", "scikit-learn",
+          "matplotlib", "tqdm", "mlflow", "litestar"):
     try:
         print(p, md.version(p))
     except md.PackageNotFoundError:
