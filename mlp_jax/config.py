@@ -77,7 +77,7 @@ class TrainConfig:
     eval_batch_size: int = 4096
     patience: int = 5  # epochs without val-loss improvement before stopping; 0 disables
     min_delta: float = 0.0
-    checkpoint_every: int = 5  # epochs; improvements within the interval are kept in memory
+    checkpoint_every: int = 10  # epochs (and always the last); the best params ride in every checkpoint
     num_devices: int = 0  # 0 = every local device
     progress: bool = True
     compare_sklearn: bool = False  # also fit sklearn's MLPClassifier on the same split and print both
