@@ -8,8 +8,12 @@ trains up to 30 epochs with early stopping (patience 5) and checkpoints in
 checkpoints/baseline/, and also fits scikit-learn's MLPClassifier with the same sizes on
 the same split for comparison.
 
-Expected (2-core CPU): test accuracy about 0.98 (at least scikit-learn's on the same split),
-roughly 0.5M+ training samples/s, well under a minute end to end.
+Adam at a constant 1e-3 on purpose: the same optimiser settings as scikit-learn's
+MLPClassifier defaults, so the printed comparison is like for like.
+
+Expected (2-core CPU): test accuracy about 0.988-0.989 and test log loss about 0.055
+(scikit-learn on the same split: 0.9893 / 0.0558; the task's 1% label noise caps both near
+0.99), about 1M training samples/s (scikit-learn: ~0.3M), 15-25 s end to end with tracking.
 """
 
 from mlp_jax.config import Config, TrainConfig
