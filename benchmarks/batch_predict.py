@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     predictor = Predictor.load(model)
     load_s = time.perf_counter() - t
-    meta = predictor.checkpoint.meta["standardizer"]
+    meta = predictor.meta.preprocessing
     names = list(predictor.feature_names)
 
     tmp = Path(tempfile.mkdtemp(prefix="mlp-jax-batch-bench-"))

@@ -84,7 +84,7 @@ def register(checkpoint: Path, store: Path) -> str:
     from mlflow import MlflowClient
 
     from mlp_jax import pyfunc
-    from mlp_jax.checkpoint import resolve
+    from mlp_jax.artifact import resolve
 
     workdir, step = resolve(checkpoint)
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
@@ -245,12 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     uri = register(model, tmp)
     print(f"registered {model} as {uri} in {env['MLFLOW_TRACKING_URI']}", flush=True)
 
-    from mlp_jax.checkpoint import restore_for_inference
+    from mlp_jax import artifact
 
-    meta = restore_for_inference(model).meta
+    meta = artifact.load(model).meta
     names = list(meta["feature_names"])
     rng = np.random.default_rng(0)
-    mean, scale = np.asarray(meta["standardizer"]["mean"]), np.asarray(meta["standardizer"]["scale"])
+    mean, scale = np.asarray(meta.preprocessing["mean"]), np.asarray(meta.preprocessing["scale"])
 
     def rows(n: int) -> list[list[float]]:
         return np.round(mean + scale * rng.normal(size=(n, len(names))), 6).tolist()

@@ -83,7 +83,7 @@ import json, os, sys, time
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
-from mlp_jax import data as data_lib, model as model_lib, train
+from mlp_jax import data as data_lib, distributed, model as model_lib, train
 from mlp_jax.config import Config, ModelConfig
 
 patches, epochs, one_core = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3] == "1"
@@ -96,11 +96,11 @@ if "dense" in patches:
     model_lib.dense = lambda x, kernel, bias: model_lib._affine(x, kernel, bias)
 cfg = Config(model=ModelConfig(hidden_sizes=hidden))
 ds = data_lib.prepare(cfg.data, cfg.seed)
-mesh = train.make_mesh(0)
+mesh = distributed.make_mesh(0)
 rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
 n = len(ds.y_train)
-state = train.put_replicated(train.create_state(cfg, ds.n_features, ds.n_classes, n), rep)
-x, y = train.put_rows(ds.x_train, rows), train.put_rows(ds.y_train, rows)
+state = distributed.put_replicated(train.create_state(cfg, train.network_spec(cfg, ds), n), rep)
+x, y = distributed.put_rows(ds.x_train, rows), distributed.put_rows(ds.y_train, rows)
 t = time.perf_counter()
 epoch = train.make_train_epoch(cfg.train.batch_size, rows, n, rep).lower(state, x, y, train.epoch_key(0, 0)).compile()
 compile_s = time.perf_counter() - t

@@ -127,7 +127,7 @@ def baseline_config(epochs: int, **train_overrides: Any) -> Config:
 
 
 def _accuracy(graphdef: Any, params: Any, dataset: data_lib.Dataset) -> float:
-    probs = evaluate.predict_proba(graphdef, params, dataset.x_test)
+    probs = evaluate.batched_probabilities(graphdef, params, dataset.x_test)
     return float(np.mean(probs.argmax(axis=1) == dataset.y_test))
 
 
@@ -169,7 +169,7 @@ def run_per_step_loop(config: Config, dataset: data_lib.Dataset, style: str = "f
     tc = config.train
     n = len(dataset.y_train)
     steps = train.steps_per_epoch(n, tc.batch_size)
-    state = train.create_state(config, dataset.n_features, dataset.n_classes, n)
+    state = train.create_state(config, train.network_spec(config, dataset), n)
     x, y = jax.device_put(dataset.x_train), jax.device_put(dataset.y_train)
     shuffle = jax.jit(lambda key: train.shuffle_indices(key, n))
 

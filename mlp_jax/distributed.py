@@ -7,12 +7,17 @@ train state, and shards each batch along the mesh; XLA inserts the collectives.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mlp_jax.config import ConfigError, DistConfig
 
@@ -104,3 +109,46 @@ def wait_for_coordinator(address: str, timeout: float, info: ProcessInfo | None 
 def is_primary() -> bool:
     """True on the process that writes summaries, plots and tracking (process 0)."""
     return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------- meshes and placement
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all)."""
+    devices = jax.devices()
+    n = len(devices) if num_devices == 0 else num_devices
+    if n > len(devices):
+        raise ConfigError(f"train.num_devices: {n} requested but only {len(devices)} device(s) visible")
+    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
+
+
+def put_replicated(tree: Any, sharding: NamedSharding) -> Any:
+    """Places a host/local pytree on every device of the mesh (every process passes the same values)."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]), tree)
+
+
+def put_rows(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """The training rows on the mesh.
+
+    One process: replicated on every local device (each device gathers its batch rows
+    locally). Several processes: zero-padded to a multiple of the device count and
+    sharded by rows, each process holding only its own contiguous block; the epoch's
+    gather of shuffled rows then becomes a collective that XLA inserts.
+    """
+    mesh = sharding.mesh
+    if jax.process_count() == 1:
+        return jax.device_put(x, NamedSharding(mesh, P()))
+    n_dev = mesh.devices.size
+    padded = math.ceil(len(x) / n_dev) * n_dev
+    x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
+    per_process = padded // jax.process_count()
+    mine = x[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
+    return jax.make_array_from_process_local_data(sharding, mine, x.shape)
+
+
+def local_copy(tree: Any) -> Any:
+    """A replicated (possibly multi-process) pytree as host numpy arrays of this process."""
+    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)

@@ -15,12 +15,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mlp_jax.train import predict_proba_fn
+from mlp_jax.model import probabilities_fn
 
 
-def predict_proba(graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Class probabilities for standardised rows, in fixed-size padded batches (one compile)."""
-    f = jax.jit(predict_proba_fn(graphdef))
+def batched_probabilities(
+    graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192
+) -> np.ndarray:
+    """Class probabilities ``[rows, n_classes]`` for preprocessed rows, in fixed-size padded batches (one compile)."""
+    f = jax.jit(probabilities_fn(graphdef))
     n = len(x)
     b = min(batch_size, max(n, 1))
     out = []

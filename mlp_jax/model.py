@@ -1,4 +1,4 @@
-"""The Flax NNX MLP classifier.
+"""The Flax NNX MLP (classification logits or regression outputs).
 
 Trained functionally: ``graphdef, params = nnx.split(model)`` once, then pure functions
 ``nnx.merge(graphdef, params)(x)`` under plain ``jax.jit`` (see ``mlp_jax.train``).
@@ -9,7 +9,7 @@ state is exactly the parameters.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +60,16 @@ dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 class MLP(nnx.Module):
-    """``in -> [Linear -> activation -> dropout] * len(hidden_sizes) -> Linear(n_classes)`` logits."""
+    """``inputs -> [Linear -> activation -> dropout] * len(hidden_sizes) -> Linear(n_outputs)``.
+
+    The input matrix ``x`` ``[batch, in_features]`` holds ``n_dense`` dense columns followed by
+    one column per categorical input carrying its integer code (a float holding an exact
+    integer, so one matrix travels through the scan-fused epoch and the serving buckets).
+    Each categorical column becomes a one-hot vector (``embedding_dims[i] == 0``) or a
+    learned embedding of width ``embedding_dims[i]`` (Guo & Berkhahn 2016, "Entity
+    Embeddings of Categorical Variables"), concatenated after the dense block.
+    Outputs are class logits (classification) or standardised targets (regression).
+    """
 
     def __init__(
         self,
@@ -70,17 +79,46 @@ class MLP(nnx.Module):
         *,
         activation: str = "relu",
         dropout: float = 0.0,
+        n_dense: int = -1,
+        cardinalities: Sequence[int] = (),
+        embedding_dims: Sequence[int] = (),
         rngs: nnx.Rngs,
     ):
-        sizes = [in_features, *hidden_sizes]
+        self.cardinalities = tuple(int(c) for c in cardinalities)
+        self.embedding_dims = tuple(int(d) for d in embedding_dims) or (0,) * len(self.cardinalities)
+        if len(self.embedding_dims) != len(self.cardinalities):
+            raise ValueError("embedding_dims must give one width (0 = one-hot) per categorical input")
+        self.n_dense = in_features - len(self.cardinalities) if n_dense < 0 else n_dense
+        if self.n_dense + len(self.cardinalities) != in_features:
+            raise ValueError(
+                f"in_features {in_features} != n_dense {self.n_dense} + {len(self.cardinalities)} categorical"
+            )
+        self.embeddings = nnx.List(
+            [nnx.Embed(c, d, rngs=rngs) for c, d in zip(self.cardinalities, self.embedding_dims, strict=True) if d > 0]
+        )
+        width = self.n_dense + sum(d or c for c, d in zip(self.cardinalities, self.embedding_dims, strict=True))
+        sizes = [width, *hidden_sizes]
         self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.head = nnx.Linear(sizes[-1], n_classes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
         self.activation = activation
 
+    def embed_inputs(self, x: jax.Array) -> jax.Array:
+        """``[batch, in_features]`` -> ``[batch, width]``: dense block, then one-hot / embedded codes."""
+        if not self.cardinalities:
+            return x
+        parts = [x[:, : self.n_dense]]
+        codes = x[:, self.n_dense :].astype(jnp.int32)
+        embeds = iter(self.embeddings)
+        for i, (card, dim) in enumerate(zip(self.cardinalities, self.embedding_dims, strict=True)):
+            c = jnp.clip(codes[:, i], 0, card - 1)
+            parts.append(next(embeds)(c) if dim > 0 else jax.nn.one_hot(c, card, dtype=x.dtype))
+        return jnp.concatenate(parts, axis=-1)
+
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Logits ``[batch, n_classes]``; dropout is applied only when ``dropout_key`` is given."""
+        """Outputs ``[batch, n_outputs]``; dropout is applied only when ``dropout_key`` is given."""
         act = ACTIVATIONS[self.activation]
+        x = self.embed_inputs(x)
         train = dropout_key is not None and self.dropout.rate > 0
         keys = jax.random.split(dropout_key, len(self.hidden)) if train else [None] * len(self.hidden)
         for layer, key in zip(self.hidden, keys, strict=True):
@@ -91,11 +129,28 @@ class MLP(nnx.Module):
 
 
 def create(
-    in_features: int, n_classes: int, hidden_sizes: Sequence[int], activation: str, dropout: float, seed: int
+    in_features: int,
+    n_classes: int,
+    hidden_sizes: Sequence[int],
+    activation: str,
+    dropout: float,
+    seed: int,
+    *,
+    n_dense: int = -1,
+    cardinalities: Sequence[int] = (),
+    embedding_dims: Sequence[int] = (),
 ) -> MLP:
     """A freshly initialised MLP (parameters depend only on the sizes and ``seed``)."""
     return MLP(
-        in_features, tuple(hidden_sizes), n_classes, activation=activation, dropout=dropout, rngs=nnx.Rngs(params=seed)
+        in_features,
+        tuple(hidden_sizes),
+        n_classes,
+        activation=activation,
+        dropout=dropout,
+        n_dense=n_dense,
+        cardinalities=cardinalities,
+        embedding_dims=embedding_dims,
+        rngs=nnx.Rngs(params=seed),
     )
 
 
@@ -113,3 +168,20 @@ def forward_flops(in_features: int, hidden_sizes: Sequence[int], n_classes: int)
     """Matmul FLOPs of one forward pass for one row (2 per weight)."""
     s = layer_sizes(in_features, hidden_sizes, n_classes)
     return sum(2 * a * b for a, b in itertools.pairwise(s))
+
+
+def apply(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    """The network's raw outputs ``[batch, n_outputs]`` (logits, or standardised regression targets)."""
+    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
+
+
+def probabilities_fn(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
+    """``f(params, x) -> class probabilities [batch, n_classes]`` (unjitted: callers jit or AOT-compile it).
+
+    ``x`` is the preprocessed input matrix (see :class:`MLP`).
+    """
+
+    def f(params: nnx.State, x: jax.Array) -> jax.Array:
+        return jax.nn.softmax(apply(graphdef, params, x), axis=-1)
+
+    return f

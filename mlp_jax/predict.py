@@ -217,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (1 for a bad model or input, 2 for bad arguments)."""
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlp_jax.checkpoint import CheckpointError
+    from mlp_jax import compilation_cache
+    from mlp_jax.artifact import CheckpointError
     from mlp_jax.predictor import PredictorError
-    from mlp_jax.runner import enable_compilation_cache
 
-    enable_compilation_cache()
+    compilation_cache.enable()
     try:
         predictor = Predictor.load(args.model)
     except CheckpointError as e:

@@ -17,6 +17,7 @@ its request, so the service, the batch command and the pyfunc agree exactly.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax.checkpoint import InferenceCheckpoint, restore_for_inference
-from mlp_jax.data import Standardizer
-from mlp_jax.train import predict_proba_fn
+from mlp_jax import artifact, model_uri
+from mlp_jax.artifact import LoadedArtifact
+from mlp_jax.model import probabilities_fn
 
 #: Rows per matmul inside every compiled program (see the module docstring).
 ROW_TILE = 32
 #: Batch sizes compiled at construction (multiples of ROW_TILE; others are rounded up to one).
 DEFAULT_BUCKETS = (32, 256, 1024, 4096)
-MODEL_URI_SCHEMES = ("models:/", "runs:/")
 #: Compilation events JAX reports through ``jax.monitoring`` (used to prove none happen per request).
 COMPILE_EVENTS = ("/jax/core/compile/backend_compile_duration",)
 
@@ -47,7 +47,7 @@ class Predictor:
 
     def __init__(
         self,
-        ckpt: InferenceCheckpoint,
+        ckpt: LoadedArtifact,
         buckets: Sequence[int] = DEFAULT_BUCKETS,
         source: str | None = None,
         name: str | None = None,
@@ -57,19 +57,21 @@ class Predictor:
         self.checkpoint = ckpt
         self.source = source or str(ckpt.path)
         #: Registered model name and version for registry URIs; experiment name and ``step-N`` otherwise.
-        self.name: str = name or str(meta["config"].get("name") or ckpt.path.parent.name)
+        self.meta = meta
+        self.name: str = name or meta.name or ckpt.path.parent.name
         self.version: str = version or f"step-{ckpt.step}"
-        self.feature_names: tuple[str, ...] = tuple(meta["feature_names"])
-        self.classes: tuple[Any, ...] = tuple(meta["classes"])
+        self.feature_names: tuple[str, ...] = tuple(meta.input_columns)
+        self.classes: tuple[Any, ...] = tuple(meta.classes)
         self.n_features = len(self.feature_names)
-        self.metrics: dict[str, Any] = meta.get("metrics", {})
+        self.metrics: dict[str, Any] = meta.metrics
         if not buckets or min(int(b) for b in buckets) < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
         self.buckets = tuple(sorted({-(-int(b) // ROW_TILE) * ROW_TILE for b in buckets}))
-        scaler = Standardizer.from_dict(meta["standardizer"])
         device = jax.local_devices()[0]
-        mean, scale = jax.device_put((scaler.mean, scaler.scale), device)
-        proba = predict_proba_fn(ckpt.graphdef)
+        mean = np.asarray(meta.preprocessing["mean"], np.float32)
+        scale = np.asarray(meta.preprocessing["scale"], np.float32)
+        mean, scale = jax.device_put((mean, scale), device)
+        proba = probabilities_fn(ckpt.graphdef)
 
         # The arguments travel as a flat list of arrays: flattening the NNX state pytree on
         # every call costs ~10 us, a third of a one-row request's model time.
@@ -100,16 +102,10 @@ class Predictor:
         """From a workdir, a step folder, or an MLflow URI (``models:/NAME@alias``, ``runs:/ID/model``).
 
         Raises:
-          mlp_jax.checkpoint.CheckpointError: the path is missing or not a checkpoint.
+          mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
         """
-        text = str(model)
-        if text.startswith(MODEL_URI_SCHEMES):
-            from mlp_jax.pyfunc import download_checkpoint  # mlflow only for registry URIs
-
-            local = download_checkpoint(text)  # CheckpointError names a bad store, name, alias or version
-            name, version = registry_name_version(text)
-            return cls(restore_for_inference(local), buckets, source=text, name=name, version=version)
-        return cls(restore_for_inference(text), buckets, source=text)
+        where = model_uri.resolve(model)  # CheckpointError names a bad store, name, alias or version
+        return cls(artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version)
 
     # -------------------------------------------------------------------- prediction
 
@@ -222,41 +218,18 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """Name, version, checkpoint, feature names, classes, metrics: what ``/metadata`` shows."""
-        meta = self.checkpoint.meta
+        meta = self.meta
         return {
             "name": self.name,
             "version": self.version,
             "source": self.source,
             "checkpoint": str(self.checkpoint.path),
             "step": self.step,
-            "experiment": meta["config"].get("name"),
+            "experiment": meta.name,
             "feature_names": list(self.feature_names),
             "classes": list(self.classes),
             "n_features": self.n_features,
             "metrics": self.metrics,
-            "dataset": meta.get("data", {}),
+            "dataset": dataclasses.asdict(meta.data),
             "buckets": list(self.buckets),
         }
-
-
-def registry_name_version(uri: str) -> tuple[str | None, str | None]:
-    """``(name, version)`` of a ``models:/NAME@alias`` or ``models:/NAME/VERSION`` URI (None, None otherwise).
-
-    An unknown name or alias raises MLflow's own error, which names it.
-    """
-    if not uri.startswith("models:/"):
-        return None, None
-    ref = uri[len("models:/") :].strip("/")
-    if ref.startswith("m-"):  # a logged model id (models:/m-<id>) is not a registered name
-        return None, None
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        return name, str(client.get_model_version_by_alias(name, alias).version)
-    name, _, version = ref.partition("/")
-    if version.isdigit():
-        return name, version
-    versions = client.search_model_versions(f"name = '{name}'")  # "latest" or no version: the newest one
-    return name, str(max(int(v.version) for v in versions)) if versions else None

@@ -22,23 +22,6 @@ from mlp_jax.config import Config, ConfigError, apply_overrides, help_text, to_j
 _T_START = time.perf_counter()
 
 
-def enable_compilation_cache() -> str | None:
-    """Turns on JAX's persistent compilation cache (``MLP_JAX_COMPILATION_CACHE``; ``off`` disables).
-
-    Small programs compile in under the default 1 s threshold and would never be cached,
-    so the threshold is set to 0. The cache is per machine and trusted input.
-    """
-    import jax
-
-    where = os.environ.get("MLP_JAX_COMPILATION_CACHE", str(Path.home() / ".cache" / "mlp-jax" / "jax"))
-    if where.lower() in ("", "off", "0", "false", "none"):
-        return None
-    jax.config.update("jax_compilation_cache_dir", where)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return where
-
-
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
@@ -52,8 +35,8 @@ def check_workdir(workdir: Path) -> None:
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     """Runs one experiment end to end and returns its summary (also written to ``summary.json``)."""
+    from mlp_jax import compilation_cache, distributed, evaluate, train
     from mlp_jax import data as data_lib
-    from mlp_jax import distributed, evaluate, train
     from mlp_jax.writer import NullWriter
 
     timings: dict[str, float] = {}
@@ -61,7 +44,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     check_workdir(workdir)
     processes = distributed.initialize(config.dist)  # before JAX makes any array
     primary = processes.process_id == 0
-    enable_compilation_cache()
+    compilation_cache.enable()
 
     t = time.perf_counter()
     dataset = data_lib.prepare(config.data, config.seed)
@@ -88,7 +71,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
         t = time.perf_counter()
         best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
-        probs = evaluate.predict_proba(result.state.graphdef, best_params, dataset.x_test)
+        probs = evaluate.batched_probabilities(result.state.graphdef, best_params, dataset.x_test)
         report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
         test_loss = report["log_loss"]
         if not primary:  # only process 0 writes plots, summary and tracking
@@ -126,9 +109,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             "feature_names": list(dataset.feature_names),
             "classes": list(dataset.classes),
             "dataset": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
-            "best_checkpoint": result.best_checkpoint,
-            "n_devices": result.timings.get("n_devices", 1),
-            "n_processes": result.timings.get("n_processes", 1),
+            "checkpoint": result.last_checkpoint,
+            "n_devices": result.n_devices,
+            "n_processes": result.n_processes,
         }
         if config.train.compare_sklearn:
             t = time.perf_counter()
@@ -144,7 +127,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
                     history=result.history,
                     report=report,
                     artifacts=artifacts,
-                    checkpoint=result.best_checkpoint,
+                    checkpoint=result.last_checkpoint,
                 )
             )
             timings["tracking"] = time.perf_counter() - t + timings.get("tracking_start", 0.0)
@@ -214,7 +197,7 @@ def print_summary(summary: dict[str, Any]) -> None:
             f"v{summary.get('model_version')} (champion: {summary.get('champion')})"
         )
     wd = summary["workdir"]
-    print(f"outputs: {wd}/summary.json, {wd}/plots/, best checkpoint {summary['best_checkpoint']}")
+    print(f"outputs: {wd}/summary.json, {wd}/plots/, model checkpoint {summary['checkpoint']}")
 
 
 def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: str | None = None) -> int:
@@ -232,7 +215,7 @@ def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: s
         print(f"config error: {e}", file=sys.stderr)
         return 2
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlp_jax.checkpoint import CheckpointError
+    from mlp_jax.artifact import CheckpointError
     from mlp_jax.data import DataError
     from mlp_jax.distributed import DistributedError
     from mlp_jax.train import NonFiniteLossError

@@ -402,7 +402,7 @@ def create_app(
     The model is loaded and compiled here, so a bad model fails before any port is bound.
 
     Raises:
-      mlp_jax.checkpoint.CheckpointError: the path is missing or not a checkpoint.
+      mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
       ValueError: a limit is not positive.
     """
     if max_rows < 1 or max_body_bytes < 1:
@@ -517,9 +517,9 @@ def configure_jax() -> None:
     """
     import jax
 
-    from mlp_jax.runner import enable_compilation_cache
+    from mlp_jax import compilation_cache
 
-    enable_compilation_cache()
+    compilation_cache.enable()
     jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import uvicorn
 
-    from mlp_jax.checkpoint import CheckpointError
+    from mlp_jax.artifact import CheckpointError
 
     configure_jax()
     try:

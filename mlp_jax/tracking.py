@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file otherwise
@@ -40,6 +39,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlp_jax import model_uri
+from mlp_jax.artifact import CheckpointError, resolve
 from mlp_jax.config import Config, to_flat_dict, to_json
 
 CHAMPION_ALIAS = "champion"
@@ -70,37 +71,11 @@ def resolve_uri(config: Config) -> str:
 
 
 def check_store(uri: str, create: bool = True, timeout: float = 5.0) -> None:
-    """Cheap reachability check of a tracking/registry store, before MLflow's own retries.
-
-    MLflow retries a refused HTTP connection for minutes; this answers in ``timeout``
-    seconds. For SQLite it checks that the database (``create=False``) or its folder exists.
-
-    Raises:
-      TrackingError: naming the store and the problem.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        import requests
-
-        try:
-            requests.get(
-                uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
-                params={"max_results": 1},
-                timeout=(timeout, 2 * timeout),
-            )
-        except requests.RequestException as e:
-            raise TrackingError(
-                f"cannot reach the MLflow tracking server at {uri} ({type(e).__name__}); "
-                "start it, fix MLFLOW_TRACKING_URI / tracking.uri, or run with tracking.enabled=false"
-            ) from None
-    elif parsed.scheme == "sqlite":
-        path = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-        if path is None or str(path) in ("", ":memory:"):
-            return
-        if not create and not path.is_file():
-            raise TrackingError(f"no MLflow database at {path} (tracking URI {uri})")
-        if create and not path.parent.is_dir():
-            raise TrackingError(f"MLflow database folder {path.parent} does not exist or is not a folder (URI {uri})")
+    """:func:`mlp_jax.model_uri.check_store`, raising :class:`TrackingError`."""
+    try:
+        model_uri.check_store(uri, create=create, timeout=timeout)
+    except model_uri.StoreError as e:
+        raise TrackingError(str(e)) from None
 
 
 def _param_value(v: Any) -> str:
@@ -289,8 +264,6 @@ def _read_run_file(workdir: Path) -> dict[str, Any] | None:
 
 
 def _has_checkpoint(workdir: Path) -> bool:
-    from mlp_jax.checkpoint import CheckpointError, resolve
-
     try:
         resolve(workdir)
     except CheckpointError:

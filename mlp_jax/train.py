@@ -17,7 +17,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -30,8 +30,11 @@ from jax.sharding import PartitionSpec as P
 
 from mlp_jax import model as model_lib
 from mlp_jax import optim
+from mlp_jax.artifact import ArtifactMeta, DataInfo, NetworkSpec
+from mlp_jax.checkpoint import Checkpointer
 from mlp_jax.config import Config, ConfigError, to_json
 from mlp_jax.data import Dataset
+from mlp_jax.distributed import local_copy, make_mesh, put_replicated, put_rows
 from mlp_jax.writer import MetricWriter, NullWriter
 
 Batch = tuple[jax.Array, jax.Array]
@@ -63,11 +66,24 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
     return n_train // batch_size
 
 
-def create_state(config: Config, n_features: int, n_classes: int, n_train: int) -> TrainState:
-    """A fresh state: parameters from ``config.seed``, optimiser from ``config.optim``."""
+def network_spec(config: Config, dataset: Dataset) -> NetworkSpec:
+    """The network for ``dataset``'s inputs and outputs, shaped by ``config.model``."""
     m = config.model
-    mlp = model_lib.create(n_features, n_classes, m.hidden_sizes, m.activation, m.dropout, config.seed)
-    graphdef, params = nnx.split(mlp)
+    return NetworkSpec(
+        in_features=dataset.n_features,
+        n_outputs=dataset.n_classes,
+        hidden_sizes=tuple(m.hidden_sizes),
+        activation=m.activation,
+        dropout=m.dropout,
+    )
+
+
+def create_state(config: Config, spec: NetworkSpec, n_train: int) -> TrainState:
+    """A fresh state: parameters from ``config.seed``, optimiser from ``config.optim``.
+
+    ``n_train`` (training rows) sets the steps per epoch, which learning-rate schedules need.
+    """
+    graphdef, params = nnx.split(spec.create(config.seed))
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), graphdef=graphdef, tx=tx)
 
@@ -75,18 +91,12 @@ def create_state(config: Config, n_features: int, n_classes: int, n_train: int) 
 # ----------------------------------------------------------------------------- pure steps
 
 
-def logits_fn(
-    graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None
-) -> jax.Array:
-    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
-
-
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
     """One optimiser update on one batch; metrics are sums (loss_sum, correct, count)."""
     x, y = batch
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, jax.Array]:
-        logits = logits_fn(state.graphdef, params, x, key)
+        logits = model_lib.apply(state.graphdef, params, x, key)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -104,7 +114,7 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
 def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array, jax.Array]) -> Metrics:
     """Masked sums over one (padded) batch: ``batch = (x, y, mask)``."""
     x, y, mask = batch
-    logits = logits_fn(state.graphdef, state.params, x)
+    logits = model_lib.apply(state.graphdef, state.params, x)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return {
         "loss_sum": jnp.sum(loss * mask),
@@ -229,49 +239,6 @@ def finalize(sums: dict[str, Any]) -> dict[str, float]:
     return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
 
 
-# ----------------------------------------------------------------------------- devices
-
-
-def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all)."""
-    devices = jax.devices()
-    n = len(devices) if num_devices == 0 else num_devices
-    if n > len(devices):
-        raise ConfigError(f"train.num_devices: {n} requested but only {len(devices)} device(s) visible")
-    return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])
-
-
-def put_replicated(tree: Any, sharding: NamedSharding) -> Any:
-    """Places a host/local pytree on every device of the mesh (every process passes the same values)."""
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda i: np.asarray(a)[i]), tree)
-
-
-def put_rows(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """The training rows on the mesh.
-
-    One process: replicated on every local device (each device gathers its batch rows
-    locally). Several processes: zero-padded to a multiple of the device count and
-    sharded by rows, each process holding only its own contiguous block; the epoch's
-    gather of shuffled rows then becomes a collective that XLA inserts.
-    """
-    mesh = sharding.mesh
-    if jax.process_count() == 1:
-        return jax.device_put(x, NamedSharding(mesh, P()))
-    n_dev = mesh.devices.size
-    padded = math.ceil(len(x) / n_dev) * n_dev
-    x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
-    per_process = padded // jax.process_count()
-    mine = x[jax.process_index() * per_process : (jax.process_index() + 1) * per_process]
-    return jax.make_array_from_process_local_data(sharding, mine, x.shape)
-
-
-def local_copy(tree: Any) -> Any:
-    """A replicated (possibly multi-process) pytree as host numpy arrays of this process."""
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree)
-
-
 def check_batch_divides(config: Config, n_devices: int) -> None:
     if config.train.batch_size % n_devices:
         raise ConfigError(
@@ -322,8 +289,9 @@ class FitResult:
     train_samples_per_second: float
     resumed_from: int | None
     checkpoint_seconds: float
-    best_checkpoint: str | None
-    timings: dict[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None  # the last step saved; it carries the best parameters too
+    n_devices: int = 1
+    n_processes: int = 1
 
 
 def fit(
@@ -339,8 +307,6 @@ def fit(
     written with a different config, the epoch budget aside). ``workdir=None`` trains
     without checkpoints.
     """
-    from mlp_jax import checkpoint as ckpt_lib  # checkpoint imports train: avoid the cycle at import time
-
     writer = writer or NullWriter()
     tc = config.train
     mesh = make_mesh(tc.num_devices)
@@ -353,19 +319,19 @@ def fit(
     batch_sharding = NamedSharding(mesh, P("data"))
     eval_sharding = NamedSharding(mesh, P(None, "data"))
 
-    state = create_state(config, dataset.n_features, dataset.n_classes, n_train)
-    state = put_replicated(state, replicated)
+    spec = network_spec(config, dataset)
+    state = put_replicated(create_state(config, spec, n_train), replicated)
     best_params = state.params
     stopper = EarlyStopping(tc.patience, tc.min_delta)
     history: list[dict[str, float]] = []
     start_epoch = 0
     resumed_from = None
-    store = ckpt_lib.Checkpointer(workdir) if workdir else None
+    store = Checkpointer(workdir) if workdir else None
     if store is not None and store.latest_step() is not None:
-        restored = store.restore_train(state, config, replicated, dataset.digest)
-        state, best_params = restored.state, restored.best_params
-        history = restored.meta["history"]
-        es = restored.meta["early_stopping"]
+        restored = store.restore(state.arrays(), state.params, config, replicated, dataset.digest)
+        state, best_params = state.with_arrays(restored.arrays), restored.best_params
+        history = list(restored.meta.history)
+        es = restored.meta.early_stopping
         stopper.best_loss, stopper.best_epoch, stopper.bad_epochs = es["best_loss"], es["best_epoch"], es["bad_epochs"]
         start_epoch = resumed_from = restored.step
 
@@ -431,7 +397,7 @@ def fit(
             last = epoch == tc.epochs or stopper.should_stop
             if store is not None and (epoch % tc.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
-                store.save(epoch, state, best_params, _meta(config, dataset, history, stopper, n_dev))
+                store.save(epoch, state.arrays(), best_params, artifact_meta(config, dataset, spec, history, stopper, n_dev))
                 checkpoint_seconds += time.perf_counter() - tc0
                 last_saved = epoch
             if stopper.should_stop:
@@ -444,7 +410,7 @@ def fit(
             store.close()  # waits for async saves
             checkpoint_seconds += time.perf_counter() - tc0
 
-    best_checkpoint = str(store.step_path(last_saved)) if store is not None and last_saved else None
+    last_checkpoint = str(store.step_path(last_saved)) if store is not None and last_saved else None
     return FitResult(
         state=state,
         best_params=best_params,
@@ -457,24 +423,27 @@ def fit(
         train_samples_per_second=samples / train_seconds if train_seconds else 0.0,
         resumed_from=resumed_from,
         checkpoint_seconds=checkpoint_seconds,
-        best_checkpoint=best_checkpoint,
-        timings={"n_devices": n_dev, "n_processes": jax.process_count()},
+        last_checkpoint=last_checkpoint,
+        n_devices=n_dev,
+        n_processes=jax.process_count(),
     )
 
 
-def _meta(config: Config, dataset: Dataset, history: list, stopper: EarlyStopping, n_devices: int) -> dict[str, Any]:
-    return {
-        "format": 1,
-        "config": json.loads(to_json(config)),
-        "feature_names": list(dataset.feature_names),
-        "classes": list(dataset.classes),
-        "standardizer": dataset.standardizer.to_dict(),
-        "data": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
-        "history": history,
-        "metrics": history[-1] if history else {},
-        "early_stopping": stopper.to_dict(),
-        "n_devices": n_devices,
-    }
+def artifact_meta(
+    config: Config, dataset: Dataset, spec: NetworkSpec, history: list, stopper: EarlyStopping, n_devices: int
+) -> ArtifactMeta:
+    """The typed metadata saved beside the arrays of every checkpoint step."""
+    return ArtifactMeta(
+        config=json.loads(to_json(config)),
+        input_columns=tuple(dataset.feature_names),
+        preprocessing={"kind": "standardize", **dataset.standardizer.to_dict()},
+        network=spec,
+        data=DataInfo(dataset.source, dataset.digest, **dataset.split_sizes()),
+        classes=tuple(dataset.classes),
+        history=tuple(history),
+        early_stopping=stopper.to_dict(),
+        n_devices=n_devices,
+    )
 
 
 def _describe_layout(mesh: jax.sharding.Mesh, x_train: jax.Array, state: TrainState) -> None:
@@ -497,15 +466,6 @@ def _progress(epochs: range, start: int, total: int, enabled: bool):
     return tqdm(epochs, initial=start, total=total, desc="epochs", unit="epoch", dynamic_ncols=True)
 
 
-def predict_proba_fn(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:
-    """``f(params, x_standardised) -> probabilities`` (unjitted: callers jit or AOT-compile it)."""
-
-    def f(params: nnx.State, x: jax.Array) -> jax.Array:
-        return jax.nn.softmax(logits_fn(graphdef, params, x), axis=-1)
-
-    return f
-
-
 __all__ = [
     "EarlyStopping",
     "FitResult",
@@ -516,9 +476,10 @@ __all__ = [
     "epoch_key",
     "eval_step",
     "fit",
+    "local_copy",
     "make_evaluate",
-    "make_mesh",
     "make_train_epoch",
+    "network_spec",
     "shuffle_indices",
     "train_step",
 ]

@@ -10,17 +10,17 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mlp_jax import checkpoint as K
+from mlp_jax import artifact as A
 from mlp_jax import data as D
 from mlp_jax import train as T
 from tests.conftest import ROOT, tiny_config, write_tiny_csv
 
 
 def _arrays(workdir: Path, step: int | None = None) -> list[np.ndarray]:
-    store = K.Checkpointer(workdir, read_only=True)
-    step = step or store.latest_step()
-    tree = store.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    store.manager.close()
+    mngr = A.manager(Path(workdir).resolve())
+    step = step or mngr.latest_step()
+    tree = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    mngr.close()
     return [np.asarray(a) for a in jax.tree.leaves(tree)]
 
 
@@ -28,18 +28,19 @@ def test_round_trip_resume_and_inference_restore(tmp_path, tiny_csv):
     cfg = tiny_config(tmp_path, tiny_csv)
     ds = D.prepare(cfg.data, cfg.seed)
     result = T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
-    assert K.Checkpointer(cfg.resolved_workdir).all_steps() == [2, 4]  # every 2 epochs, latest 2 kept
-    ic = K.restore_for_inference(cfg.resolved_workdir)
+    assert A.step_folders(Path(cfg.resolved_workdir)) == [2, 4]  # every 2 epochs, latest 2 kept
+    ic = A.load(cfg.resolved_workdir)
     assert ic.step == 4
     for a, b in zip(jax.tree.leaves(ic.params), jax.tree.leaves(result.best_params), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert ic.meta["feature_names"] == list(ds.feature_names)
-    assert ic.meta["classes"] == [0, 1]
-    np.testing.assert_allclose(ic.meta["standardizer"]["mean"], ds.standardizer.mean)
-    assert ic.meta["metrics"]["epoch"] == 4
-    assert ic.config == cfg
+    assert ic.meta.input_columns == ds.feature_names
+    assert ic.meta.classes == (0, 1)
+    np.testing.assert_allclose(ic.meta.preprocessing["mean"], ds.standardizer.mean)
+    assert ic.meta.metrics["epoch"] == 4
+    assert ic.meta.experiment == cfg
+    assert A.ArtifactMeta.from_json(ic.meta.to_json()) == ic.meta  # the typed format round-trips
     # a step folder works too, and so does restoring onto a named device
-    assert K.restore_for_inference(Path(cfg.resolved_workdir) / "2", device=jax.devices()[0]).step == 2
+    assert A.load(Path(cfg.resolved_workdir) / "2", device=jax.devices()[0]).step == 2
     # a second run on the same workdir with a larger budget resumes, not restarts
     more = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "6"})
     again = T.fit(more, ds, workdir=more.resolved_workdir, progress=False)
@@ -52,12 +53,12 @@ def test_resume_with_a_different_config_or_data_is_refused(tmp_path, tiny_csv):
     ds = D.prepare(cfg.data, cfg.seed)
     T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
     changed = tiny_config(tmp_path, tiny_csv, **{"optim.learning_rate": "0.01", "model.hidden_sizes": "32"})
-    with pytest.raises(K.CheckpointError) as info:
+    with pytest.raises(A.CheckpointError) as info:
         T.fit(changed, ds, workdir=cfg.resolved_workdir, progress=False)
     msg = str(info.value)
     assert "model.hidden_sizes" in msg and "optim.learning_rate" in msg and "0.001" in msg
     other_csv = write_tiny_csv(tmp_path / "other.csv", seed=9)
-    with pytest.raises(K.CheckpointError, match="the data changed"):
+    with pytest.raises(A.CheckpointError, match="the data changed"):
         T.fit(
             cfg,
             D.prepare(cfg.data.__class__(path=str(other_csv)), cfg.seed),
@@ -67,14 +68,14 @@ def test_resume_with_a_different_config_or_data_is_refused(tmp_path, tiny_csv):
 
 
 def test_bad_checkpoint_paths_are_named(tmp_path):
-    with pytest.raises(K.CheckpointError, match="does not exist"):
-        K.restore_for_inference(tmp_path / "nope")
+    with pytest.raises(A.CheckpointError, match="does not exist"):
+        A.load(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(K.CheckpointError, match="not a checkpoint"):
-        K.restore_for_inference(tmp_path / "empty")
+    with pytest.raises(A.CheckpointError, match="not a checkpoint"):
+        A.load(tmp_path / "empty")
     (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(K.CheckpointError, match="is a file"):
-        K.restore_for_inference(tmp_path / "file.txt")
+    with pytest.raises(A.CheckpointError, match="is a file"):
+        A.load(tmp_path / "file.txt")
 
 
 # ----------------------------------------------------------------------------- kill -9 and resume
@@ -143,3 +144,57 @@ def test_sigkill_then_rerun_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, r
     assert _summary_numbers(workdir) == _summary_numbers(ref)
     for a, b in zip(_arrays(workdir), _arrays(ref), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_best_parameters_restore_from_the_network_alone(tmp_path, tiny_csv):
+    """Inference needs no optimiser: the best_params item restores into model.create's template."""
+    cfg = tiny_config(tmp_path, tiny_csv, **{"optim.name": "sgd"})  # an optimiser state unlike Adam's
+    T.fit(cfg, D.prepare(cfg.data, cfg.seed), workdir=cfg.resolved_workdir, progress=False)
+    meta = A.read_meta_at(cfg.resolved_workdir)
+    assert meta.format == A.FORMAT
+    _, abstract = A.network_template(meta.network)
+    loaded = A.load(cfg.resolved_workdir)
+    assert jax.tree.structure(loaded.params) == jax.tree.structure(abstract)
+
+
+FORMAT_1 = ROOT / "tests" / "data" / "format1" / "2"
+
+
+def test_a_format_1_checkpoint_still_serves_with_the_same_numbers():
+    """A step folder written by mlp-jax before the artifact module (format 1) loads for serving."""
+    import json
+
+    from mlp_jax.predictor import Predictor
+
+    expected = json.loads((FORMAT_1.parent / "expected.json").read_text())
+    loaded = A.load(FORMAT_1)
+    assert loaded.meta.format == 1 and loaded.meta.input_columns == tuple(expected["columns"])
+    predictor = Predictor.load(FORMAT_1, buckets=(32,))
+    got = predictor.predict_proba(np.asarray(expected["rows"], np.float32))
+    np.testing.assert_allclose(got, np.asarray(expected["proba"]), rtol=1e-6, atol=1e-7)
+
+
+def test_resuming_a_format_1_workdir_is_refused_with_what_to_do(tmp_path, tiny_csv):
+    import shutil
+
+    shutil.copytree(FORMAT_1, tmp_path / "old" / "2")
+    cfg = tiny_config(tmp_path, tiny_csv, workdir=str(tmp_path / "old"))
+    with pytest.raises(A.CheckpointError, match=r"artifact format 1.*can still be served.*new workdir"):
+        T.fit(cfg, D.prepare(cfg.data, cfg.seed), workdir=cfg.resolved_workdir, progress=False)
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"format": 99}, r"format 99 is not readable"),
+        ({"format": 2, "config": {}}, r"malformed model artifact metadata \(format 2\)"),
+        ("[1, 2]", "not a JSON object"),
+        ("{", "not JSON"),
+    ],
+)
+def test_unreadable_metadata_names_the_format(meta, message):
+    import json
+
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    with pytest.raises(A.CheckpointError, match=message):
+        A.ArtifactMeta.from_json(text)

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mlp_jax import checkpoint as K
+from mlp_jax import artifact as A
 from tests.conftest import ROOT, write_tiny_csv
 
 EIGHT = "--xla_force_host_platform_device_count=8"
@@ -47,14 +47,11 @@ def _run(cmd: list[str], devices: int = 1) -> str:
 
 
 def _history(workdir: Path) -> list[dict]:
-    store = K.Checkpointer(workdir, read_only=True)
-    meta = store.read_meta()
-    store.manager.close()
-    return meta["history"]
+    return list(A.read_meta_at(workdir).history)
 
 
 def _params(workdir: Path) -> list[np.ndarray]:
-    return [np.asarray(a) for a in jax.tree.leaves(K.restore_for_inference(workdir).params)]
+    return [np.asarray(a) for a in jax.tree.leaves(A.load(workdir).params)]
 
 
 def _assert_same_training(a: Path, b: Path, rtol: float) -> None:
@@ -93,15 +90,15 @@ def test_state_is_replicated_and_batch_is_sharded_on_eight_devices():
         """
         import jax, numpy as np
         from jax.sharding import NamedSharding, PartitionSpec as P
-        from mlp_jax import config as C, train as T
-        mesh = T.make_mesh(0)
+        from mlp_jax import artifact as A, config as C, distributed as D, train as T
+        mesh = D.make_mesh(0)
         assert mesh.devices.size == 8
         cfg = C.apply_overrides(C.Config(), ["model.hidden_sizes=128,64"])
-        state = T.put_replicated(T.create_state(cfg, 20, 2, 1024), NamedSharding(mesh, P()))
+        state = D.put_replicated(T.create_state(cfg, A.NetworkSpec(20, 2, cfg.model.hidden_sizes), 1024), NamedSharding(mesh, P()))
         for leaf in jax.tree.leaves(state):
             assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
-        x = T.put_rows(np.zeros((1024, 20), np.float32), NamedSharding(mesh, P("data")))
-        y = T.put_rows(np.zeros(1024, np.int32), NamedSharding(mesh, P("data")))
+        x = D.put_rows(np.zeros((1024, 20), np.float32), NamedSharding(mesh, P("data")))
+        y = D.put_rows(np.zeros(1024, np.int32), NamedSharding(mesh, P("data")))
         fn = T.make_train_epoch(256, NamedSharding(mesh, P("data")), 1024, NamedSharding(mesh, P()))
         hlo = fn.lower(state, x, y, T.epoch_key(0, 1)).compile().as_text()
         # after SPMD partitioning each device multiplies a 256/8 = 32-row slice by the first layer

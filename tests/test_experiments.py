@@ -48,7 +48,7 @@ def test_baseline_end_to_end_with_a_tiny_config(tmp_path):
         "compile_seconds",
         "n_features",
         "classes",
-        "best_checkpoint",
+        "checkpoint",
         "n_devices",
         "timings",
     ):

@@ -24,8 +24,8 @@ def predictor(trained_workdir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def rows(predictor: Predictor) -> np.ndarray:
     rng = np.random.default_rng(7)
-    mean = np.asarray(predictor.checkpoint.meta["standardizer"]["mean"], np.float32)
-    scale = np.asarray(predictor.checkpoint.meta["standardizer"]["scale"], np.float32)
+    mean = np.asarray(predictor.meta.preprocessing["mean"], np.float32)
+    scale = np.asarray(predictor.meta.preprocessing["scale"], np.float32)
     return (mean + scale * rng.normal(size=(5000, predictor.n_features))).astype(np.float32)
 
 
@@ -60,8 +60,8 @@ def test_loads_workdir_and_step_folder_with_metadata(predictor, trained_workdir)
 def test_applies_exactly_the_training_standardisation(predictor, rows):
     """Same as the training path: the numpy standardiser, then the model on standardised rows."""
     ckpt = predictor.checkpoint
-    scaler = data.Standardizer.from_dict(ckpt.meta["standardizer"])
-    reference = evaluate.predict_proba(ckpt.graphdef, ckpt.params, scaler.transform(rows[:300]))
+    scaler = data.Standardizer.from_dict(ckpt.meta.preprocessing)
+    reference = evaluate.batched_probabilities(ckpt.graphdef, ckpt.params, scaler.transform(rows[:300]))
     got = predictor.predict_proba(rows[:300])
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-7)
     assert got.dtype == np.float32 and got.shape == (300, 2)

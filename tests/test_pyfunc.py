@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from mlp_jax.checkpoint import CheckpointError, resolve, restore_for_inference
+from mlp_jax import model_uri
+from mlp_jax.artifact import CheckpointError, load, resolve
 from mlp_jax.predictor import Predictor, PredictorError
 
 mlflow = pytest.importorskip("mlflow")
@@ -47,8 +48,8 @@ def registry(
         client.set_registered_model_alias(NAME, "champion", mv.version)
         reference = Predictor.load(workdir / str(step), buckets=(64,))
         rng = np.random.default_rng(0)
-        mean = np.asarray(reference.checkpoint.meta["standardizer"]["mean"])
-        scale = np.asarray(reference.checkpoint.meta["standardizer"]["scale"])
+        mean = np.asarray(reference.meta.preprocessing["mean"])
+        scale = np.asarray(reference.meta.preprocessing["scale"])
         rows = mean + scale * rng.normal(size=(37, reference.n_features))
         frame = pd.DataFrame(rows, columns=list(reference.feature_names))[list(reversed(reference.feature_names))]
         yield SimpleNamespace(
@@ -88,9 +89,9 @@ def test_download_checkpoint_resolves_aliases_versions_and_runs(registry):
         f"runs:/{registry.run_id}/model",
         f"runs:/{registry.run_id}",
     ):
-        path = pyfunc.download_checkpoint(uri)
+        path = model_uri.download_checkpoint(uri)
         assert path.name == str(registry.step), uri
-        assert restore_for_inference(path).meta == want, uri
+        assert load(path).meta == want, uri
 
 
 @pytest.mark.parametrize(
@@ -106,17 +107,17 @@ def test_download_checkpoint_resolves_aliases_versions_and_runs(registry):
 )
 def test_download_checkpoint_names_what_is_unknown(registry, uri, message):
     with pytest.raises(CheckpointError, match=message):
-        pyfunc.download_checkpoint(uri)
+        model_uri.download_checkpoint(uri)
 
 
 def test_download_checkpoint_from_a_missing_or_unreachable_store(tmp_path, monkeypatch):
     use_store(monkeypatch, tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(CheckpointError, match="no MLflow database"):
-        pyfunc.download_checkpoint(f"models:/{NAME}@champion")
+        model_uri.download_checkpoint(f"models:/{NAME}@champion")
     assert not (tmp_path / "mlflow.db").exists()  # looking did not create an empty store
     use_store(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(CheckpointError, match="cannot reach the MLflow tracking server"):
-        pyfunc.download_checkpoint(f"models:/{NAME}@champion")
+        model_uri.download_checkpoint(f"models:/{NAME}@champion")
 
 
 def test_round_trip_in_a_fresh_process_equals_the_predictor(registry, tmp_path):

@@ -49,7 +49,7 @@ def client(predictor: Predictor) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def rows(predictor: Predictor) -> np.ndarray:
-    meta = predictor.checkpoint.meta["standardizer"]
+    meta = predictor.meta.preprocessing
     rng = np.random.default_rng(11)
     return (np.asarray(meta["mean"]) + np.asarray(meta["scale"]) * rng.normal(size=(2000, 6))).astype(np.float32)
 

@@ -274,7 +274,7 @@ def test_writer_sends_one_batch_per_epoch_in_the_background_and_flush_reports_fa
 
 def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, trained_workdir):
     from mlp_jax import data as data_lib
-    from mlp_jax.checkpoint import resolve
+    from mlp_jax.artifact import resolve
 
     workdir, step = resolve(trained_workdir)
     broken = store.folder / "broken"
@@ -413,7 +413,7 @@ def test_logging_to_a_real_mlflow_server_over_http(tmp_path, tiny_csv, monkeypat
         from mlp_jax.predictor import Predictor
 
         remote = Predictor.load(f"models:/{MODEL}@champion", buckets=(8,))
-        local = Predictor.load(Path(summary["best_checkpoint"]), buckets=(8,))
+        local = Predictor.load(Path(summary["checkpoint"]), buckets=(8,))
         rows = [[0.1 * i - 0.3 * j for j in range(local.n_features)] for i in range(5)]
         assert (remote.predict_proba(rows) == local.predict_proba(rows)).all()
     finally:

@@ -6,7 +6,9 @@ import pytest
 
 from mlp_jax import config as C
 from mlp_jax import data as D
+from mlp_jax import model
 from mlp_jax import train as T
+from mlp_jax.artifact import NetworkSpec
 from tests.conftest import tiny_config
 
 
@@ -18,7 +20,7 @@ def tiny(tmp_path, tiny_csv):
 
 def test_one_step_lowers_loss_on_a_fixed_batch(tiny):
     cfg, ds = tiny
-    state = T.create_state(cfg, ds.n_features, ds.n_classes, len(ds.y_train))
+    state = T.create_state(cfg, T.network_spec(cfg, ds), len(ds.y_train))
     batch = (jnp.asarray(ds.x_train[:64]), jnp.asarray(ds.y_train[:64]))
     step = jax.jit(T.train_step)
     key = jax.random.key(0)
@@ -33,7 +35,7 @@ def test_tiny_model_overfits_tiny_dataset(tmp_path):
     x = rng.normal(size=(32, 5)).astype(np.float32)
     y = rng.integers(0, 3, size=32).astype(np.int32)  # random labels: only memorisation fits them
     cfg = C.apply_overrides(C.Config(), ["model.hidden_sizes=64,64", "optim.learning_rate=1e-2", "train.batch_size=32"])
-    state = T.create_state(cfg, 5, 3, 32)
+    state = T.create_state(cfg, NetworkSpec(5, 3, cfg.model.hidden_sizes), 32)
     step = jax.jit(T.train_step)
     key = jax.random.key(0)
     for i in range(300):
@@ -59,10 +61,10 @@ def test_epoch_is_traced_once_across_epochs(tiny, monkeypatch):
 
 def test_eval_handles_the_ragged_last_batch_exactly(tiny):
     cfg, ds = tiny
-    state = T.create_state(cfg, ds.n_features, ds.n_classes, len(ds.y_train))
+    state = T.create_state(cfg, T.network_spec(cfg, ds), len(ds.y_train))
     x, y = ds.x_val[:77], ds.y_val[:77]
     sums = T.make_evaluate()(state, *T.batch_for_eval(x, y, batch_size=32))
-    logits = np.asarray(T.logits_fn(state.graphdef, state.params, jnp.asarray(x)))
+    logits = np.asarray(model.apply(state.graphdef, state.params, jnp.asarray(x)))
     ref_loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     got = T.finalize(jax.device_get(sums))
     assert float(sums["count"]) == 77
@@ -108,6 +110,7 @@ def test_early_stopping_keeps_best_params(tmp_path, tiny_csv):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_csv, monkeypatch):
+    from mlp_jax.artifact import read_meta_at
     from mlp_jax.checkpoint import Checkpointer
 
     cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "8", "train.checkpoint_every": "1"})
@@ -125,10 +128,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_csv
         T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
     store = Checkpointer(cfg.resolved_workdir)
     assert store.latest_step() == 3
-    meta = store.read_meta()
     store.close()
-    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
-    assert all(np.isfinite(h["val_loss"]) for h in meta["history"])
+    meta = read_meta_at(cfg.resolved_workdir)
+    assert [h["epoch"] for h in meta.history] == [1, 2, 3]
+    assert all(np.isfinite(h["val_loss"]) for h in meta.history)
 
 
 def test_batch_larger_than_training_set_is_a_config_error(tmp_path, tiny_csv):

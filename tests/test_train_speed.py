@@ -65,10 +65,10 @@ def test_dense_matches_nnx_linear_forward_bitwise_and_its_gradient(hidden):
         return lambda p: optax.softmax_cross_entropy_with_integer_labels(f(graphdef, p, x), y).mean()
 
     np.testing.assert_array_equal(
-        jax.jit(T.logits_fn, static_argnums=0)(graphdef, params, x),
+        jax.jit(M.apply, static_argnums=0)(graphdef, params, x),
         jax.jit(_reference_logits, static_argnums=0)(graphdef, params, x),
     )
-    ours = jax.jit(jax.grad(loss(T.logits_fn)))(params)
+    ours = jax.jit(jax.grad(loss(M.apply)))(params)
     ref = jax.jit(jax.grad(loss(_reference_logits)))(params)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -80,7 +80,7 @@ def test_kernel_gradients_use_no_transposed_left_matmul_on_cpu():
     x, y = jnp.ones((256, 20)), jnp.zeros(256, jnp.int32)
 
     def loss(p):
-        return optax.softmax_cross_entropy_with_integer_labels(T.logits_fn(graphdef, p, x), y).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(M.apply(graphdef, p, x), y).mean()
 
     hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     dots = re.findall(r"= f32\[[\d,]+\]\{[\d,]+\} dot\([^\n]*", hlo)
@@ -91,7 +91,7 @@ def test_kernel_gradients_use_no_transposed_left_matmul_on_cpu():
 def test_dense_gradient_handles_rank_3_inputs():
     graphdef, params = nnx.split(M.create(5, 2, (7,), "relu", 0.0, seed=0))
     x = jax.random.normal(jax.random.key(0), (3, 4, 5))
-    g1 = jax.grad(lambda p: T.logits_fn(graphdef, p, x).sum())(params)
+    g1 = jax.grad(lambda p: M.apply(graphdef, p, x).sum())(params)
     g2 = jax.grad(lambda p: _reference_logits(graphdef, p, x).sum())(params)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
