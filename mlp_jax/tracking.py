@@ -1,4 +1,4 @@
-"""MLflow tracking: the MLflow metric writer, the run's record, the registry and the champion gate.
+"""MLflow tracking: the MLflow metric writer and the run's lifecycle (registration: :mod:`mlp_jax.registry`).
 
 The runner calls :func:`start` before training (a store that cannot be used is a
 :class:`TrackingError` then, not after an hour of training), hands ``session.writer`` to
@@ -27,7 +27,6 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +41,8 @@ from mlflow.tracking import MlflowClient
 from mlp_jax import model_uri
 from mlp_jax.artifact import CheckpointError, resolve
 from mlp_jax.config import Config, to_flat_dict, to_json
+from mlp_jax.registry import GATE_METRIC
 
-CHAMPION_ALIAS = "champion"
-#: The validation metric the gate compares (lower is better).
-GATE_METRIC = "best_val_loss"
 RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = (
     "train_loss",
@@ -153,88 +150,6 @@ class MlflowWriter:
         self.flush()
 
 
-# ----------------------------------------------------------------------------- champion gate
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """Whether a new version becomes champion, and the numbers behind it."""
-
-    promote: bool
-    reason: str
-    challenger_val_loss: float
-    champion_version: str | None = None
-    champion_val_loss: float | None = None
-
-    def tags(self) -> dict[str, str]:
-        out = {
-            "champion_gate.decision": "promoted" if self.promote else "rejected",
-            "champion_gate.reason": self.reason,
-            "champion_gate.metric": GATE_METRIC,
-            "champion_gate.challenger_val_loss": repr(self.challenger_val_loss),
-        }
-        if self.champion_version is not None:
-            out["champion_gate.champion_version"] = self.champion_version
-        if self.champion_val_loss is not None:
-            out["champion_gate.champion_val_loss"] = repr(self.champion_val_loss)
-        return out
-
-
-def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None) -> GateDecision:
-    """Champion/challenger: promote only on a strictly lower validation loss on the same data.
-
-    Args:
-      challenger_val_loss: the new version's best validation loss.
-      digest: the new version's dataset digest.
-      champion: the current champion's ``version``, ``val_loss`` and ``dataset_digest``
-        (None when there is no champion).
-    """
-    if not math.isfinite(challenger_val_loss):
-        return GateDecision(False, "challenger validation loss is not finite", challenger_val_loss)
-    if champion is None:
-        return GateDecision(True, "no champion yet", challenger_val_loss)
-    version, loss, champ_digest = champion.get("version"), champion.get("val_loss"), champion.get("dataset_digest")
-    if loss is None or champ_digest is None:
-        return GateDecision(
-            False, f"champion v{version} has no recorded {GATE_METRIC} or dataset digest", challenger_val_loss, version
-        )
-    if champ_digest != digest:
-        return GateDecision(
-            False,
-            f"not comparable: champion v{version} was validated on dataset {champ_digest}, this run on {digest} "
-            f"(move the alias by hand if the new data should replace it)",
-            challenger_val_loss,
-            version,
-            loss,
-        )
-    if challenger_val_loss < loss:
-        return GateDecision(
-            True, f"{challenger_val_loss:.6g} < champion v{version} {loss:.6g}", challenger_val_loss, version, loss
-        )
-    return GateDecision(
-        False, f"{challenger_val_loss:.6g} >= champion v{version} {loss:.6g}", challenger_val_loss, version, loss
-    )
-
-
-def current_champion(client: MlflowClient, name: str) -> dict[str, Any] | None:
-    """The version behind alias ``champion`` with its gate numbers, or None when there is none."""
-    try:
-        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
-    tags = mv.tags or {}
-    loss = tags.get(GATE_METRIC)
-    if loss is None and mv.run_id:
-        loss = client.get_run(mv.run_id).data.metrics.get(GATE_METRIC)
-    return {
-        "version": str(mv.version),
-        "val_loss": float(loss) if loss is not None else None,
-        "dataset_digest": tags.get("dataset_digest"),
-    }
-
-
 # ----------------------------------------------------------------------------- session
 
 
@@ -288,7 +203,7 @@ class Session:
 
     # ------------------------------------------------------------------ start
 
-    def _log_start(self, previous: str | None) -> None:
+    def record_start(self, previous: str | None) -> None:
         """Params, config, dataset input and tags; a continued run keeps the params it has."""
         flat = {k: _param_value(v) for k, v in to_flat_dict(self.config).items()}
         tags = {
@@ -380,7 +295,7 @@ class Session:
             raise
         except Exception as e:
             raise TrackingError(f"recording MLflow run {run_id} at {self.uri} failed: {type(e).__name__}: {e}") from e
-        self._write_run_file(workdir, "FINISHED")
+        self.write_run_file(workdir, "FINISHED")
         return out
 
     def _final_metrics(self, summary: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, float]:
@@ -400,82 +315,31 @@ class Session:
         return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
     def _register(self, checkpoint: str, summary: Mapping[str, Any], final: dict[str, float]) -> dict[str, Any]:
-        from mlp_jax import pyfunc
+        """Logs the model, registers a version and runs the champion gate (:mod:`mlp_jax.registry`)."""
+        from mlp_jax import pyfunc, registry
 
-        name = self.config.tracking.registered_model
-        client = self.client
-        digest = self.dataset.digest
-        val_loss = float(summary.get("best_val_loss") or math.nan)
         info = pyfunc.log_model(
             checkpoint,
             params={k: _param_value(v) for k, v in to_flat_dict(self.config).items()},
         )
         # test metrics on the run and on the logged model, linked to the dataset
         mlflow.log_metrics(final, run_id=self.run_id, model_id=info.model_id, dataset=self.mlflow_dataset)
-
-        champion = current_champion(client, name)
-        decision = champion_gate(val_loss, digest, champion)
-        version_tags = {
-            GATE_METRIC: repr(val_loss),
-            "dataset_digest": digest,
-            "dataset_source": str(self.dataset.source),
-            "test_accuracy": repr(final.get("test_accuracy")),
-            "experiment": self.config.name,
-            **decision.tags(),
-        }
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(
-                name,
-                description=(
-                    "MLP classifier trained with mlp-jax (JAX/Flax NNX). Each tracked run adds a version; "
-                    f"alias '{CHAMPION_ALIAS}' follows the lowest {GATE_METRIC} on the same dataset digest."
-                ),
-            )
-        mv = client.create_model_version(
-            name,
-            source=info.model_uri,
+        return registry.register(
+            self.client,
+            info,
             run_id=self.run_id,
-            tags=version_tags,
-            description=(
-                f"{self.config.name}: {GATE_METRIC} {val_loss:.6g}, test accuracy "
-                f"{final.get('test_accuracy', math.nan):.4f}, dataset {digest}"
-            ),
-            model_id=info.model_id,
+            name=self.config.tracking.registered_model,
+            experiment=self.config.name,
+            val_loss=float(summary.get("best_val_loss") or math.nan),
+            dataset_digest=self.dataset.digest,
+            dataset_source=str(self.dataset.source),
+            test_accuracy=final.get("test_accuracy"),
+            pending=self._set_pending,
         )
-        self._pending_version = str(mv.version)
-        try:
-            if decision.promote:
-                client.set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
-            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
-        except Exception:
-            self._delete_pending()
-            raise
-        before = (
-            f"v{decision.champion_version} ({decision.champion_val_loss:.6g})"
-            if decision.champion_val_loss is not None
-            else "none"
-        )
-        print(
-            f"mlflow: registered {name} v{mv.version}; champion gate on {GATE_METRIC} "
-            f"(dataset {digest}): {val_loss:.6g} vs champion {before} -> "
-            f"{'PROMOTED to @' + CHAMPION_ALIAS if decision.promote else 'kept the champion'} ({decision.reason})",
-            flush=True,
-        )
-        return {
-            "model_version": str(mv.version),
-            "model_uri": f"models:/{name}/{mv.version}",
-            "champion": decision.promote,
-            "champion_gate": {
-                "metric": GATE_METRIC,
-                "challenger_val_loss": val_loss,
-                "champion_version": decision.champion_version,
-                "champion_val_loss": decision.champion_val_loss,
-                "decision": "promoted" if decision.promote else "rejected",
-                "reason": decision.reason,
-            },
-        }
+
+    def _set_pending(self, version: str | None) -> None:
+        """Registry callback: the version being registered (deleted by :meth:`abort` on failure)."""
+        self._pending_version = version
 
     # ------------------------------------------------------------------ failure
 
@@ -514,7 +378,7 @@ class Session:
             self.client.set_terminated(self.run_id, status)
         self._done = True
 
-    def _write_run_file(self, workdir: Path, status: str) -> None:
+    def write_run_file(self, workdir: Path, status: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         payload = {"run_id": self.run_id, "tracking_uri": self.uri, "status": status}
         tmp = workdir / f".{RUN_FILE}.tmp"
@@ -573,8 +437,8 @@ def start(config: Config, dataset: Any) -> Session:
         else:
             run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.name, nested=nested)
         session = Session(config, dataset, uri, client, run.info.run_id, continued=bool(continue_id))
-        session._log_start(continues)
-        session._write_run_file(workdir, "RUNNING")
+        session.record_start(continues)
+        session.write_run_file(workdir, "RUNNING")
     except TrackingError:
         raise
     except Exception as e:

@@ -1,12 +1,14 @@
-"""Shared fixtures: a tiny CSV, a tiny config, and one tiny trained checkpoint per session.
+"""Shared fixtures: a tiny CSV, one tiny trained checkpoint per session, an MLflow database template.
+
+Plain helper functions live in ``tests/helpers.py``; test modules never import each other.
 
 JAX runs on the CPU in tests, with strict rank promotion so silent broadcasting bugs fail.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -16,43 +18,9 @@ os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
 import jax
 import pytest
 
-from mlp_jax import config as config_lib
-from mlp_jax import data as data_lib
+from tests.helpers import tiny_config, write_tiny_csv
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(tmp: Path, csv: Path, **overrides: str) -> config_lib.Config:
-    """A config that trains in about a second: small model, few epochs, no tracking."""
-    items = {
-        "name": "tiny",
-        "workdir": str(tmp / "run"),
-        "data.path": str(csv),
-        "model.hidden_sizes": "16,8",
-        "train.epochs": "4",
-        "train.batch_size": "32",
-        "train.checkpoint_every": "2",
-        "train.progress": "false",
-        "tracking.enabled": "false",
-    }
-    items.update(overrides)
-    return config_lib.apply_overrides(config_lib.Config(), [f"{k}={v}" for k, v in items.items()])
-
-
-def write_tiny_csv(path: Path, n: int = 600, n_classes: int = 2, seed: int = 3) -> Path:
-    cfg = dataclasses.replace(
-        config_lib.DataConfig(),
-        n_samples=n,
-        n_features=6,
-        n_informative=4,
-        n_redundant=1,
-        n_classes=n_classes,
-        class_sep=1.5,
-        synthetic_seed=seed,
-    )
-    return data_lib.write_csv_atomic(data_lib.make_synthetic(cfg), path)
 
 
 @pytest.fixture
@@ -69,3 +37,25 @@ def trained_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     csv = write_tiny_csv(tmp / "tiny.csv")
     runner.run(tiny_config(tmp, csv, **{"train.epochs": "6"}), progress=False)
     return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def mlflow_db(tmp_path_factory: pytest.TempPathFactory):
+    """``fresh(folder)`` puts an empty MLflow SQLite database in ``folder`` and returns its URI.
+
+    Creating one runs MLflow's migrations (seconds); copying a migrated template takes
+    milliseconds.
+    """
+    template = tmp_path_factory.getbasetemp() / "mlflow-template.db"
+    if not template.exists():
+        tmp = template.with_name("mlflow-template.tmp.db")
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(f"sqlite:///{tmp}").search_experiments()
+        os.replace(tmp, template)
+
+    def fresh(folder: Path) -> str:
+        shutil.copy(template, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return fresh

@@ -13,7 +13,7 @@ import pytest
 from mlp_jax import artifact as A
 from mlp_jax import data as D
 from mlp_jax import train as T
-from tests.conftest import ROOT, tiny_config, write_tiny_csv
+from tests.helpers import ROOT, tiny_config, write_tiny_csv
 
 
 def _arrays(workdir: Path, step: int | None = None) -> list[np.ndarray]:
@@ -120,6 +120,7 @@ def _summary_numbers(workdir: Path) -> dict:
     return {k: s[k] for k in ("test_accuracy", "test_loss", "best_epoch", "epochs_run", "best_val_loss")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["after_step_3", "during_a_save"])
 def test_sigkill_then_rerun_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, reference, moment):
     csv, ref = reference

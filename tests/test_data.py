@@ -6,7 +6,7 @@ import pytest
 
 from mlp_jax import config as C
 from mlp_jax import data as D
-from tests.conftest import write_tiny_csv
+from tests.helpers import write_tiny_csv
 
 
 def _frame(n=60, seed=0):

@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from mlp_jax import artifact as A
-from tests.conftest import ROOT, write_tiny_csv
+from tests.helpers import ROOT, write_tiny_csv
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
 EIGHT = "--xla_force_host_platform_device_count=8"
 COMMON = {

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, write_tiny_csv
+from tests.helpers import ROOT, write_tiny_csv
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off"}
 

@@ -21,7 +21,9 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT, write_tiny_csv
+from tests.helpers import ROOT, write_tiny_csv
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "mlp-jax-tests"

@@ -12,7 +12,7 @@ import pytest
 
 from mlp_jax import predict
 from mlp_jax.predictor import Predictor
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import jax
@@ -12,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlp_jax import checkpoint, data, evaluate
-from mlp_jax.predictor import COMPILE_EVENTS, ROW_TILE, Predictor, PredictorError
+from mlp_jax import artifact, data, evaluate
+from mlp_jax.predictor import ROW_TILE, Predictor, PredictorError
+from tests.helpers import count_compilations
 
 
 @pytest.fixture(scope="module")
@@ -29,24 +28,8 @@ def rows(predictor: Predictor) -> np.ndarray:
     return (mean + scale * rng.normal(size=(5000, predictor.n_features))).astype(np.float32)
 
 
-@contextmanager
-def count_compilations() -> Iterator[list[str]]:
-    """Collects every XLA compilation JAX reports while the block runs."""
-    events: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: object) -> None:
-        if event in COMPILE_EVENTS:
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_loads_workdir_and_step_folder_with_metadata(predictor, trained_workdir):
-    workdir, step = checkpoint.resolve(trained_workdir)
+    workdir, step = artifact.resolve(trained_workdir)
     by_step = Predictor.load(workdir / str(step), buckets=(1,))
     assert predictor.step == by_step.step == step
     assert predictor.feature_names == tuple(f"feature_{i}" for i in range(6))
@@ -128,9 +111,9 @@ def test_bad_rows_are_refused_with_the_problem_named(predictor, bad, message):
 
 
 def test_bad_model_paths_and_buckets(tmp_path, trained_workdir):
-    with pytest.raises(checkpoint.CheckpointError, match="does not exist"):
+    with pytest.raises(artifact.CheckpointError, match="does not exist"):
         Predictor.load(tmp_path / "missing")
-    with pytest.raises(checkpoint.CheckpointError, match="not a checkpoint"):
+    with pytest.raises(artifact.CheckpointError, match="not a checkpoint"):
         Predictor.load(tmp_path)
     with pytest.raises(ValueError, match="buckets must be positive"):
         Predictor.load(trained_workdir, buckets=(0, 8))

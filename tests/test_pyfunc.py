@@ -23,7 +23,9 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mlp_jax import pyfunc  # noqa: E402
-from tests.test_tracking import free_port, mlflow_db, spawn, stop, use_store, wait_http  # noqa: E402, F401
+from tests.helpers import free_port, spawn, stop, use_store, wait_http  # noqa: E402
+
+pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
 NAME = "pyfunc-model"
 
@@ -32,7 +34,7 @@ NAME = "pyfunc-model"
 def registry(
     tmp_path_factory: pytest.TempPathFactory,
     trained_workdir: Path,
-    mlflow_db,  # noqa: F811 (the fixture imported above)
+    mlflow_db,
 ) -> Iterator[SimpleNamespace]:
     """The session's tiny checkpoint logged as a pyfunc in a run, registered as NAME v1 @champion."""
     folder = tmp_path_factory.mktemp("pyfunc")

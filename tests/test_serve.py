@@ -28,9 +28,17 @@ from litestar.testing import TestClient
 
 from mlp_jax import runner, serve
 from mlp_jax.predictor import Predictor
-from tests.conftest import ROOT, write_tiny_csv
-from tests.test_predictor import count_compilations
-from tests.test_tracking import free_port, spawn, stop, tracked, use_store, wait_http
+from tests.helpers import (
+    ROOT,
+    count_compilations,
+    free_port,
+    spawn,
+    stop,
+    tracked,
+    use_store,
+    wait_http,
+    write_tiny_csv,
+)
 
 MAX_ROWS = 3000
 MAX_BODY = 1 << 20

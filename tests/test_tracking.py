@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,106 +19,26 @@ from types import SimpleNamespace
 
 import pytest
 
-from mlp_jax import runner
+from mlp_jax import registry, runner
 from mlp_jax.config import to_flat_dict
-from tests.conftest import ROOT, tiny_config, write_tiny_csv
+from tests.helpers import (
+    MODEL,
+    ROOT,
+    free_port,
+    spawn,
+    stop,
+    tracked,
+    use_store,
+    wait_http,
+    write_tiny_csv,
+)
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mlp_jax import tracking  # noqa: E402
 
-MODEL = "tiny-model"
-
-
-# ----------------------------------------------------------------------------- helpers (also used by test_pyfunc)
-
-
-@pytest.fixture(scope="session")
-def mlflow_db(tmp_path_factory: pytest.TempPathFactory):
-    """``fresh(folder)`` puts an empty MLflow SQLite database in ``folder`` and returns its URI.
-
-    Creating one runs MLflow's migrations (seconds); copying a migrated template takes
-    milliseconds.
-    """
-    template = tmp_path_factory.getbasetemp() / "mlflow-template.db"
-    if not template.exists():
-        tmp = template.with_name("mlflow-template.tmp.db")
-        MlflowClient(f"sqlite:///{tmp}").search_experiments()
-        os.replace(tmp, template)
-
-    def fresh(folder: Path) -> str:
-        shutil.copy(template, folder / "mlflow.db")
-        return f"sqlite:///{folder / 'mlflow.db'}"
-
-    return fresh
-
-
-def use_store(mp: pytest.MonkeyPatch, folder: Path, uri: str | None = None) -> str:
-    """Points MLflow at ``uri`` (default: a SQLite file in ``folder``) and chdirs into ``folder``."""
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
-    uri = uri or f"sqlite:///{folder / 'mlflow.db'}"
-    mp.setattr(tracking_utils, "_tracking_uri", None)  # a URI another test set in this process
-    mp.setattr(registry_utils, "_registry_uri", None)
-    mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.chdir(folder)
-    return uri
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    """Polls ``url`` until it answers 200; fails with the process output if it exits or times out."""
-    import requests
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"server exited with {proc.returncode} before answering {url}:\n{out[-3000:]}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stops a server started in its own process group, and its workers."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(timeout=5)
-
-
-def spawn(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def tracked(folder: Path, csv: Path, workdir: str, **overrides: str):
-    items = {"tracking.enabled": "true", "tracking.registered_model": MODEL, "workdir": str(folder / workdir)}
-    return tiny_config(folder, csv, **{**items, **overrides})
-
+pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
 # ----------------------------------------------------------------------------- a tracked run
 
@@ -213,14 +132,14 @@ def test_tracked_runs_record_everything_and_the_champion_gate_goes_both_ways(sto
 
 def test_gate_rules():
     champ = {"version": "3", "val_loss": 0.2, "dataset_digest": "abc"}
-    assert tracking.champion_gate(0.5, "abc", None).promote
-    assert tracking.champion_gate(0.1, "abc", champ).promote
-    assert not tracking.champion_gate(0.2, "abc", champ).promote  # a tie keeps the champion
-    assert not tracking.champion_gate(0.3, "abc", champ).promote
-    other = tracking.champion_gate(0.1, "xyz", champ)
+    assert registry.champion_gate(0.5, "abc", None).promote
+    assert registry.champion_gate(0.1, "abc", champ).promote
+    assert not registry.champion_gate(0.2, "abc", champ).promote  # a tie keeps the champion
+    assert not registry.champion_gate(0.3, "abc", champ).promote
+    other = registry.champion_gate(0.1, "xyz", champ)
     assert not other.promote and "not comparable" in other.reason and "abc" in other.reason
-    assert not tracking.champion_gate(float("nan"), "abc", None).promote
-    assert not tracking.champion_gate(0.1, "abc", {"version": "1", "val_loss": None, "dataset_digest": "abc"}).promote
+    assert not registry.champion_gate(float("nan"), "abc", None).promote
+    assert not registry.champion_gate(0.1, "abc", {"version": "1", "val_loss": None, "dataset_digest": "abc"}).promote
 
 
 def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_finished_one(store):

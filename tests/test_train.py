@@ -9,7 +9,7 @@ from mlp_jax import data as D
 from mlp_jax import model
 from mlp_jax import train as T
 from mlp_jax.artifact import NetworkSpec
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from benchmarks import train_throughput as B
 from mlp_jax import data as D
 from mlp_jax import model as M
 from mlp_jax import train as T
-from tests.conftest import ROOT, tiny_config
+from tests.helpers import ROOT, tiny_config
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 1000, 70_001])

@@ -1,0 +1,179 @@
+"""The MLflow model registry: a new version per tracked run, and the champion gate.
+
+The alias ``champion`` moves to a new version only when its best validation loss is
+strictly lower than the current champion's *on the same dataset digest*; a model
+validated on other data is not comparable and never replaces the champion automatically.
+The decision and its numbers are tags on the run and on the version.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CHAMPION_ALIAS = "champion"
+#: The validation metric the gate compares (lower is better).
+GATE_METRIC = "best_val_loss"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a new version becomes champion, and the numbers behind it."""
+
+    promote: bool
+    reason: str
+    challenger_val_loss: float
+    champion_version: str | None = None
+    champion_val_loss: float | None = None
+
+    def tags(self) -> dict[str, str]:
+        out = {
+            "champion_gate.decision": "promoted" if self.promote else "rejected",
+            "champion_gate.reason": self.reason,
+            "champion_gate.metric": GATE_METRIC,
+            "champion_gate.challenger_val_loss": repr(self.challenger_val_loss),
+        }
+        if self.champion_version is not None:
+            out["champion_gate.champion_version"] = self.champion_version
+        if self.champion_val_loss is not None:
+            out["champion_gate.champion_val_loss"] = repr(self.champion_val_loss)
+        return out
+
+
+def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None) -> GateDecision:
+    """Champion/challenger: promote only on a strictly lower validation loss on the same data.
+
+    Args:
+      challenger_val_loss: the new version's best validation loss.
+      digest: the new version's dataset digest.
+      champion: the current champion's ``version``, ``val_loss`` and ``dataset_digest``
+        (None when there is no champion).
+    """
+    if not math.isfinite(challenger_val_loss):
+        return GateDecision(False, "challenger validation loss is not finite", challenger_val_loss)
+    if champion is None:
+        return GateDecision(True, "no champion yet", challenger_val_loss)
+    version, loss, champ_digest = champion.get("version"), champion.get("val_loss"), champion.get("dataset_digest")
+    if loss is None or champ_digest is None:
+        return GateDecision(
+            False, f"champion v{version} has no recorded {GATE_METRIC} or dataset digest", challenger_val_loss, version
+        )
+    if champ_digest != digest:
+        return GateDecision(
+            False,
+            f"not comparable: champion v{version} was validated on dataset {champ_digest}, this run on {digest} "
+            f"(move the alias by hand if the new data should replace it)",
+            challenger_val_loss,
+            version,
+            loss,
+        )
+    if challenger_val_loss < loss:
+        return GateDecision(
+            True, f"{challenger_val_loss:.6g} < champion v{version} {loss:.6g}", challenger_val_loss, version, loss
+        )
+    return GateDecision(
+        False, f"{challenger_val_loss:.6g} >= champion v{version} {loss:.6g}", challenger_val_loss, version, loss
+    )
+
+
+def current_champion(client: MlflowClient, name: str) -> dict[str, Any] | None:
+    """The version behind alias ``champion`` with its gate numbers, or None when there is none."""
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+    tags = mv.tags or {}
+    loss = tags.get(GATE_METRIC)
+    if loss is None and mv.run_id:
+        loss = client.get_run(mv.run_id).data.metrics.get(GATE_METRIC)
+    return {
+        "version": str(mv.version),
+        "val_loss": float(loss) if loss is not None else None,
+        "dataset_digest": tags.get("dataset_digest"),
+    }
+
+
+def register(
+    client: MlflowClient,
+    info: Any,
+    *,
+    run_id: str,
+    name: str,
+    experiment: str,
+    val_loss: float,
+    dataset_digest: str,
+    dataset_source: str,
+    test_accuracy: float | None,
+    pending: Callable[[str | None], None] = lambda version: None,
+) -> dict[str, Any]:
+    """Registers the logged model ``info`` as a new version of ``name`` and runs the champion gate.
+
+    ``pending(version)`` is told the new version as soon as it exists (so the caller can
+    delete it if anything after fails). Returns the items the runner merges into ``summary.json``.
+    """
+    from mlflow.entities import RunTag
+
+    champion = current_champion(client, name)
+    decision = champion_gate(val_loss, dataset_digest, champion)
+    version_tags = {
+        GATE_METRIC: repr(val_loss),
+        "dataset_digest": dataset_digest,
+        "dataset_source": dataset_source,
+        "test_accuracy": repr(test_accuracy),
+        "experiment": experiment,
+        **decision.tags(),
+    }
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name,
+            description=(
+                "MLP trained with mlp-jax (JAX/Flax NNX). Each tracked run adds a version; "
+                f"alias '{CHAMPION_ALIAS}' follows the lowest {GATE_METRIC} on the same dataset digest."
+            ),
+        )
+    accuracy = f", test accuracy {test_accuracy:.4f}" if test_accuracy is not None else ""
+    mv = client.create_model_version(
+        name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=version_tags,
+        description=f"{experiment}: {GATE_METRIC} {val_loss:.6g}{accuracy}, dataset {dataset_digest}",
+        model_id=info.model_id,
+    )
+    pending(str(mv.version))
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
+    before = (
+        f"v{decision.champion_version} ({decision.champion_val_loss:.6g})"
+        if decision.champion_val_loss is not None
+        else "none"
+    )
+    print(
+        f"mlflow: registered {name} v{mv.version}; champion gate on {GATE_METRIC} "
+        f"(dataset {dataset_digest}): {val_loss:.6g} vs champion {before} -> "
+        f"{'PROMOTED to @' + CHAMPION_ALIAS if decision.promote else 'kept the champion'} ({decision.reason})",
+        flush=True,
+    )
+    return {
+        "model_version": str(mv.version),
+        "model_uri": f"models:/{name}/{mv.version}",
+        "champion": decision.promote,
+        "champion_gate": {
+            "metric": GATE_METRIC,
+            "challenger_val_loss": val_loss,
+            "champion_version": decision.champion_version,
+            "champion_val_loss": decision.champion_val_loss,
+            "decision": "promoted" if decision.promote else "rejected",
+            "reason": decision.reason,
+        },
+    }
