@@ -196,8 +196,8 @@ def _booleans(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
         out = values.to_numpy(dtype=np.float64, na_value=np.nan)
         bad = ~null & (out != 0) & (out != 1)
     else:
-        out = values.astype(str).str.strip().str.lower().map(_BOOL_TOKENS).to_numpy(dtype=np.float64, na_value=np.nan)
-        out[null] = np.nan
+        tokens = values.astype(str).str.strip().str.lower().map(_BOOL_TOKENS)
+        out = np.where(null, np.nan, tokens.to_numpy(dtype=np.float64, na_value=np.nan))
         bad = np.isnan(out) & ~null
     if bad.any():
         i = _first(bad)
