@@ -121,15 +121,15 @@ def test_identifier_column_refused_with_a_hint(tmp_path):
 
 
 def test_unknown_drop_or_categorical_name_refused():
-    with pytest.raises(FeatureError, match="data.drop names column.*'nope'"):
+    with pytest.raises(FeatureError, match=r"data.drop names column.*'nope'"):
         Preprocessor.fit(every_kind(), cfg(drop=("id", "nope")))
-    with pytest.raises(FeatureError, match="data.categorical names column.*'zzz'"):
+    with pytest.raises(FeatureError, match=r"data.categorical names column.*'zzz'"):
         Preprocessor.fit(every_kind(), cfg(drop=("id",), categorical=("zzz",)))
 
 
 def test_all_missing_column_refused():
     frame = every_kind().assign(empty=np.nan)
-    with pytest.raises(FeatureError, match="'empty' has no values.*data.drop=empty"):
+    with pytest.raises(FeatureError, match=r"'empty' has no values.*data.drop=empty"):
         Preprocessor.fit(frame, cfg(drop=("id",)))
 
 
@@ -152,7 +152,7 @@ def test_missing_error_policy_names_columns_and_counts():
 def test_infinite_value_refused_naming_the_column():
     frame = every_kind().assign(count=lambda f: f["count"].astype(float))
     frame.loc[5, "count"] = np.inf
-    with pytest.raises(FeatureError, match="column 'count', row 5: non-finite"):
+    with pytest.raises(FeatureError, match=r"column 'count', row 5: non-finite"):
         Preprocessor.fit(frame, cfg(drop=("id",)))
 
 
@@ -165,7 +165,7 @@ def test_unseen_and_rare_categories_go_to_the_unknown_slot_and_are_counted():
     colour = next(s for s in pre.columns if s.name == "colour")
     assert t.x[:, col].tolist() == [2 + colour.vocabulary.index("red"), 1, 0, 1]
     assert t.unknown_counts == {"colour": 2, "city": 0}
-    rare = Preprocessor.fit(frame.assign(colour=["rare"] + list(frame["colour"][1:])), cfg(drop=("id",)))
+    rare = Preprocessor.fit(frame.assign(colour=["rare", *frame["colour"][1:]]), cfg(drop=("id",)))
     assert "rare" not in next(s for s in rare.columns if s.name == "colour").vocabulary  # once < 5
 
 
@@ -175,19 +175,19 @@ def test_numeric_text_accepted_and_bad_text_names_column_and_row():
     raw = frame.head(5)
     as_text = raw.assign(num=raw["num"].map(lambda v: "" if np.isnan(v) else repr(v)), count=raw["count"].astype(str))
     np.testing.assert_array_equal(pre.transform(as_text).x, pre.transform(raw).x)
-    with pytest.raises(FeatureError, match="column 'count', row 3: expected a number, got 'lots'") as info:
+    with pytest.raises(FeatureError, match=r"column 'count', row 3: expected a number, got 'lots'") as info:
         pre.transform(as_text.assign(count=["1", "2", "3", "lots", "5"]))
     assert (info.value.column, info.value.row) == ("count", 3)
     with pytest.raises(FeatureError, match="row 12"):
         pre.transform(as_text.assign(count=["1", "2", "3", "lots", "5"]), row_offset=9)
-    with pytest.raises(FeatureError, match="column 'flag', row 1: expected a boolean"):
+    with pytest.raises(FeatureError, match=r"column 'flag', row 1: expected a boolean"):
         pre.transform(raw.assign(flag=["yes", "maybe", "no", "no", "yes"]))
 
 
 def test_missing_column_named_and_extra_columns_ignored():
     frame = every_kind()
     pre = Preprocessor.fit(frame, cfg(drop=("id",)))
-    with pytest.raises(FeatureError, match="missing column.*'city'"):
+    with pytest.raises(FeatureError, match=r"missing column.*'city'"):
         pre.transform(frame.drop(columns=["city"]))
     np.testing.assert_array_equal(pre.transform(frame.assign(extra=1)).x, pre.transform(frame).x)
 
@@ -224,7 +224,7 @@ def test_json_round_trip_gives_identical_transform():
     assert again == pre
     np.testing.assert_array_equal(again.transform(frame).x, pre.transform(frame).x)
     assert again.roles == pre.roles and again.cardinalities == pre.cardinalities
-    with pytest.raises(FeatureError, match="format"):
+    with pytest.raises(FeatureError, match=r"format"):
         Preprocessor.from_dict({**pre.to_dict(), "format": 99})
 
 
