@@ -537,7 +537,9 @@ class Preprocessor:
     def _check_missing(self, name: str, miss: np.ndarray, row_offset: int) -> None:
         if self.missing == "error" and miss.any():
             i = _first(miss)
-            raise FeatureError(f"column {name!r}, row {i + row_offset}: missing value (data.missing=error)", name, i)
+            raise FeatureError(
+                f"column {name!r}, row {i + row_offset}: missing value (data.missing=error)", name, i + row_offset
+            )
 
     # ------------------------------------------------------------------------- JSON
 
