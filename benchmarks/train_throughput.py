@@ -328,18 +328,10 @@ def head_to_head(
 
 
 def synthetic_dataset(n_samples: int, seed: int = 0) -> data_lib.Dataset:
-    """The baseline's synthetic task at another size, split and standardised like ``data.prepare``."""
+    """The baseline's synthetic task at another size, split and preprocessed like ``data.prepare``."""
     cfg = dataclasses.replace(DataConfig(), n_samples=n_samples)
-    frame = data_lib.make_synthetic(cfg)
-    features = frame.drop(columns=[cfg.target])
-    table = data_lib.Table(
-        x=features.to_numpy(np.float32),
-        labels=data_lib.normalise_labels(frame[cfg.target].to_numpy()),
-        feature_names=tuple(features.columns),
-        source=f"synthetic:{n_samples}",
-        digest=f"synthetic-{n_samples}",
-    )
-    return data_lib.split_and_standardise(table, cfg, seed)
+    table = data_lib.Table(data_lib.make_synthetic(cfg), f"synthetic:{n_samples}", f"synthetic-{n_samples}")
+    return data_lib.split(table, cfg, seed)
 
 
 def scaling_point(dataset: data_lib.Dataset, batch: int, hidden: tuple[int, ...], epochs: int, matmul: float) -> dict:

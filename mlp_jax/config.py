@@ -18,6 +18,9 @@ from typing import Any, Literal
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "warmup_cosine"]
+Task = Literal["classification", "regression"]
+MissingPolicy = Literal["impute", "error"]
+ScalingName = Literal["robust", "standard"]
 
 #: Where the synthetic task lives; the runner generates it there when it is missing.
 SYNTHETIC_PATH = "data/classification_data.csv"
@@ -29,12 +32,25 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the rows come from and how they are split."""
+    """Where the rows come from, which columns are what, and how they are split.
 
-    path: str = SYNTHETIC_PATH  # CSV with a header; generated when it is SYNTHETIC_PATH and missing
-    target: str = "target"  # name of the label column
+    Column roles are inferred (numbers, booleans, text); see ``mlp_jax/features.py`` for the
+    preprocessing these settings steer.
+    """
+
+    path: str = SYNTHETIC_PATH  # CSV or Parquet (.parquet/.pq file or folder); generated when it is SYNTHETIC_PATH
+    target: str = "target"  # label column; regression may name several: a,b
+    task: Task = "classification"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    drop: tuple[str, ...] = ()  # columns to ignore (ids, leaks)
+    categorical: tuple[str, ...] = ()  # columns to treat as categories even when numeric (codes, zip codes)
+    missing: MissingPolicy = "impute"  # impute = median + 0/1 "was missing" input; error = refuse missing values
+    scaling: ScalingName = "robust"  # robust = (x - median) / (IQR / 1.349); standard = (x - mean) / std
+    clip: float = 5.0  # scaled numbers are clipped to [-clip, clip]; 0 turns clipping off
+    min_category_count: int = 5  # rarer training values share the "unknown" slot with unseen ones
+    onehot_max_cardinality: int = 10  # slots (incl. missing + unknown) up to which a category is one-hot
+    embedding_max_dim: int = 32  # cap on fast.ai's embedding width rule min(cap, round(1.6 * slots**0.56))
     # make_classification settings for the synthetic task (used only to generate SYNTHETIC_PATH)
     n_samples: int = 100_000
     n_features: int = 20
@@ -44,6 +60,11 @@ class DataConfig:
     class_sep: float = 1.0
     flip_y: float = 0.01
     synthetic_seed: int = 42
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """``target`` split on commas (one name for classification, one or more for regression)."""
+        return tuple(t.strip() for t in self.target.split(",") if t.strip())
 
 
 @dataclass(frozen=True)
@@ -277,8 +298,18 @@ def validate(c: Config) -> None:
     need(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     need(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
     need(d.val_fraction + d.test_fraction < 1, "data.test_fraction", "val_fraction + test_fraction must be < 1")
-    need(bool(d.target), "data.target", "must name a column")
-    need(bool(d.path), "data.path", "must be a CSV path")
+    need(bool(d.target_names), "data.target", "must name a column")
+    need(
+        d.task == "regression" or len(d.target_names) == 1,
+        "data.target",
+        "classification takes one target column (several only with data.task=regression)",
+    )
+    need(len(set(d.target_names)) == len(d.target_names), "data.target", "names a column twice")
+    need(bool(d.path), "data.path", "must be a CSV or Parquet path")
+    need(d.clip >= 0, "data.clip", "must be >= 0 (0 = no clipping)")
+    need(d.min_category_count >= 1, "data.min_category_count", "must be >= 1")
+    need(d.onehot_max_cardinality >= 0, "data.onehot_max_cardinality", "must be >= 0")
+    need(d.embedding_max_dim >= 1, "data.embedding_max_dim", "must be >= 1")
     need(d.n_samples >= 10, "data.n_samples", "must be >= 10")
     need(d.n_classes >= 2, "data.n_classes", "must be >= 2")
     need(d.n_features >= d.n_informative + d.n_redundant, "data.n_features", "must be >= n_informative + n_redundant")

@@ -1,4 +1,6 @@
-"""Rows in, arrays out: synthetic generation, CSV loading and validation, split, standardiser.
+"""Rows in, arrays out: synthetic generation, reading CSV/Parquet tables, validation, split.
+
+Column preprocessing (roles, imputation, scaling, category codes) lives in ``mlp_jax.features``.
 
 ``python -m mlp_jax.data [--out PATH] [key=value ...]`` writes the synthetic task
 (scikit-learn's ``make_classification``) as a CSV with a header and a ``target`` column.
@@ -6,11 +8,16 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
+import logging
 import os
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,9 @@ import numpy as np
 import pandas as pd
 
 from mlp_jax.config import SYNTHETIC_PATH, DataConfig
+from mlp_jax.features import FeatureError, NumericSpec, Preprocessor, TargetSpec
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -66,7 +76,7 @@ def ensure_synthetic(cfg: DataConfig) -> bool:
     """Generates the synthetic CSV when ``cfg.path`` is the default synthetic path and missing.
 
     Returns True when it wrote the file. Any other missing path is left for
-    :func:`load_csv` to report.
+    :func:`load_table` to report.
     """
     if Path(cfg.path) != Path(SYNTHETIC_PATH) or Path(cfg.path).exists():
         return False
@@ -74,94 +84,257 @@ def ensure_synthetic(cfg: DataConfig) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------- CSV
+# ----------------------------------------------------------------------------- reading tables
+#
+# One dialect everywhere (training, the batch command, HTTP CSV bodies): UTF-8, comma, a header
+# row; a byte-order mark is dropped; duplicate header names are refused (checked on the raw
+# header, before anything renames them); an empty header cell is named ``unnamed_<i>``, and an
+# unnamed first column that counts 0..n-1 (a written pandas index) is dropped. In feature columns
+# the strings in ``features.NULL_TOKENS`` mean missing.
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_HEADER_PREFIX = 1 << 20  # bytes read to find the header row
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    """A ``.parquet``/``.pq`` file, or a folder (of Parquet files)."""
+    p = Path(path)
+    return p.suffix.lower() in PARQUET_SUFFIXES or p.is_dir()
+
+
+def _parquet_files(folder: Path) -> list[Path]:
+    # pyarrow's dataset reader skips names starting with "." or "_" (e.g. _SUCCESS); so do we
+    return sorted(
+        f
+        for f in folder.rglob("*")
+        if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(folder).parts)
+    )
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (first 16 hex digits) of the file's bytes; of a folder: every data file's path + bytes, sorted."""
+    p = Path(path)
+    h = hashlib.sha256()
+    for f in _parquet_files(p) if p.is_dir() else [p]:
+        if p.is_dir():
+            h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_header(source: str | os.PathLike | bytes) -> list[str]:
+    """The raw header names of a CSV (path or bytes; BOM stripped) or of a Parquet file/folder.
+
+    Raises:
+      DataError: unreadable file, no header row, or a header that names a column twice.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        names, where = _csv_header(bytes(source[:_HEADER_PREFIX])), "the CSV body"
+    else:
+        p = Path(source)
+        where = str(p)
+        if is_parquet(p):
+            import pyarrow.parquet as pq
+
+            try:
+                names = list(pq.read_schema(_parquet_files(p)[0] if p.is_dir() else p).names)
+            except (OSError, IndexError, ValueError) as e:
+                raise DataError(f"cannot read Parquet schema of {p}: {e}") from None
+        else:
+            with open(p, "rb") as f:
+                names = _csv_header(f.read(_HEADER_PREFIX))
+    if names is None:
+        raise DataError(f"{where} has no header row")
+    _check_duplicates(names, where)
+    return names
+
+
+def _csv_header(prefix: bytes) -> list[str] | None:
+    text = prefix.decode("utf-8-sig", errors="replace")
+    try:
+        return next(csv.reader(io.StringIO(text)))
+    except StopIteration:
+        return None
+    except csv.Error as e:
+        raise DataError(f"cannot parse the CSV header: {e}") from None
+
+
+def _check_duplicates(names: Sequence[str], where: str) -> None:
+    counts = Counter(n for n in names if n != "")
+    dup = [n for n, k in counts.items() if k > 1]
+    if dup:
+        raise DataError(f"{where}: the header names column(s) more than once: {', '.join(map(repr, dup))}")
+
+
+def _column_names(raw: Sequence[str]) -> list[str]:
+    return [n if n != "" else f"unnamed_{i}" for i, n in enumerate(raw)]
+
+
+def _csv_input(source: str | os.PathLike | bytes) -> Any:
+    return io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+def read_table(
+    source: str | os.PathLike | bytes,
+    string_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Reads a whole CSV (path or bytes) or Parquet file/folder into a DataFrame.
+
+    Types are inferred (pyarrow); ``string_columns`` are read as text (so ``007`` stays
+    ``"007"``). The null tokens mean missing in every column. Notes about what was changed
+    (a dropped index column, renamed empty header cells) are in ``frame.attrs["notes"]``.
+
+    Raises:
+      DataError: unreadable or unparsable file, or a duplicate header name.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from mlp_jax.features import NULL_TOKENS
+
+    where = "the CSV body" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    raw = read_header(source)
+    names = _column_names(raw)
+    try:
+        if not isinstance(source, (bytes, bytearray, memoryview)) and is_parquet(source):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(str(source))
+            frame = table.to_pandas().reset_index(drop=True)
+            for c in frame.columns:  # the CSV dialect's null tokens mean missing here too
+                if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]):
+                    frame[c] = frame[c].mask(frame[c].isin(NULL_TOKENS))
+            for c in string_columns:
+                if c in frame.columns and not pd.api.types.is_string_dtype(frame[c]):
+                    frame[c] = frame[c].astype(object).where(frame[c].isna(), frame[c].astype(str))
+        else:
+            table = pacsv.read_csv(
+                _csv_input(source),
+                read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in string_columns if c in names},
+                    null_values=list(NULL_TOKENS),
+                    strings_can_be_null=True,
+                ),
+            )
+            frame = table.to_pandas()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"cannot read {where}: {e}") from None
+    notes = []
+    renamed = [n for r, n in zip(raw, names, strict=True) if r == ""]
+    if raw and raw[0] == "" and len(frame) and _is_counter(frame[names[0]]):
+        frame = frame.drop(columns=[names[0]])
+        notes.append(f"dropped the unnamed first column of {where}: it counts 0..{len(frame) - 1} (a written index)")
+        renamed = renamed[1:]
+    if renamed:
+        notes.append(f"{where}: empty header cell(s) named {', '.join(renamed)}")
+    for n in notes:
+        log.info(n)
+    frame.attrs["notes"] = notes
+    return frame
+
+
+def _is_counter(values: pd.Series) -> bool:
+    if not pd.api.types.is_integer_dtype(values):
+        return False
+    return bool(np.array_equal(values.to_numpy(), np.arange(len(values))))
+
+
+def iter_csv_for_prediction(
+    source: str | os.PathLike | bytes,
+    feature_columns: Sequence[str],
+    block_bytes: int = 1 << 22,
+) -> Iterator[pd.DataFrame]:
+    """Streams a CSV for batch prediction, in blocks of about ``block_bytes``.
+
+    Every column is read as text, with NO null parsing, so a column that is only passed
+    through keeps ``NA``, ``null``, ``N/A``, ``NaN`` byte for byte. In ``feature_columns`` the
+    null tokens become missing (None); the preprocessor parses their numbers, so a bad value
+    is reported by column and row.
+
+    Raises:
+      DataError: duplicate header names, a feature column absent from the header, or a parse error.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from mlp_jax.features import NULL_TOKENS
+
+    where = "the CSV body" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    names = _column_names(read_header(source))
+    absent = [c for c in feature_columns if c not in names]
+    if absent:
+        raise DataError(f"{where} lacks feature column(s): {', '.join(map(repr, absent))}")
+    wanted = set(feature_columns)
+    try:
+        reader = pacsv.open_csv(
+            _csv_input(source),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_bytes),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in names}, null_values=[], strings_can_be_null=False
+            ),
+        )
+        for batch in reader:
+            frame = batch.to_pandas()
+            for c in wanted:
+                frame[c] = frame[c].astype(object).mask(frame[c].isin(NULL_TOKENS), None)
+            yield frame
+    except pa.ArrowInvalid as e:
+        raise DataError(f"cannot read {where}: {e}") from None
+
+
+def read_csv_for_prediction(source: str | os.PathLike | bytes, feature_columns: Sequence[str]) -> pd.DataFrame:
+    """:func:`iter_csv_for_prediction` in one frame."""
+    parts = list(iter_csv_for_prediction(source, feature_columns))
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in _column_names(read_header(source))})
+    return pd.concat(parts, ignore_index=True)
 
 
 @dataclass(frozen=True)
 class Table:
-    """A validated CSV: float32 features, original labels, names, and a content digest."""
+    """A table as read (every column, original values), where it came from and its digest."""
 
-    x: np.ndarray  # [rows, features] float32
-    labels: np.ndarray  # [rows] original labels (int or str)
-    feature_names: tuple[str, ...]
+    frame: pd.DataFrame
     source: str
     digest: str  # sha256 of the file bytes (first 16 hex digits)
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def load_csv(path: str | os.PathLike, target: str) -> Table:
-    """Reads and validates a CSV with a header and a target column.
+def load_table(cfg: DataConfig) -> Table:
+    """Reads ``cfg.path`` (CSV or Parquet) with the checks every run needs.
 
     Raises:
-      DataError: missing or empty file, missing target column, no feature columns,
-        a non-numeric feature column, missing values, or fewer than two classes.
+      DataError: missing or empty file, no data rows, missing target or feature columns.
     """
-    p = Path(path)
+    p = Path(cfg.path)
     if not p.exists():
         raise DataError(f"data file not found: {p.resolve()}")
-    if p.is_dir():
-        raise DataError(f"data path is a directory, not a CSV file: {p.resolve()}")
-    if p.stat().st_size == 0:
+    if p.is_dir() and not _parquet_files(p):
+        raise DataError(f"data path is a directory without Parquet files: {p.resolve()}")
+    if p.is_file() and p.stat().st_size == 0:
         raise DataError(f"data file is empty: {p.resolve()}")
-    try:
-        frame = pd.read_csv(p, engine="pyarrow")
-    except Exception as e:  # pyarrow / pandas parse errors have many types
-        raise DataError(f"cannot parse CSV {p}: {e}") from None
+    text = list(cfg.categorical) + (list(cfg.target_names) if cfg.task == "classification" else [])
+    frame = read_table(p, string_columns=text)
     if frame.shape[0] == 0:
         raise DataError(f"data file {p} has a header but 0 data rows")
-    if target not in frame.columns:
-        raise DataError(f"target column {target!r} not found in {p}; columns are: {', '.join(map(str, frame.columns))}")
-    features = frame.drop(columns=[target])
-    if features.shape[1] == 0:
-        raise DataError(f"{p} has no feature columns besides the target {target!r}")
-    bad = [
-        str(c)
-        for c in features.columns
-        if not pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c])
-    ]
-    if bad:
-        raise DataError(f"{p}: feature column(s) must be numeric, not: {', '.join(bad)}")
-    missing = features.isna().sum()
-    missing = missing[missing > 0]
-    if len(missing):
-        where = ", ".join(f"{c} ({n} rows)" for c, n in missing.items())
-        raise DataError(f"{p}: missing values in feature column(s): {where}")
-    n_missing_target = int(frame[target].isna().sum())
-    if n_missing_target:
-        raise DataError(f"{p}: target column {target!r} has {n_missing_target} missing value(s)")
-    x = features.to_numpy(dtype=np.float32)
-    if not np.isfinite(x).all():
-        cols = [str(c) for c, ok in zip(features.columns, np.isfinite(x).all(axis=0), strict=True) if not ok]
-        raise DataError(f"{p}: non-finite values (inf, or too large for float32) in column(s): {', '.join(cols)}")
-    labels = normalise_labels(frame[target].to_numpy())
-    n_classes = len(np.unique(labels))
-    if n_classes < 2:
-        raise DataError(f"{p}: target column {target!r} has {n_classes} class(es); a classifier needs at least 2")
-    return Table(x, labels, tuple(map(str, features.columns)), str(p.resolve()), file_digest(p))
+    absent = [t for t in cfg.target_names if t not in frame.columns]
+    if absent:
+        raise DataError(
+            f"target column {absent[0]!r} not found in {p}; columns are: {', '.join(map(str, frame.columns))}"
+        )
+    if frame.shape[1] - len(cfg.target_names) == 0:
+        raise DataError(f"{p} has no feature columns besides the target {cfg.target!r}")
+    return Table(frame, str(p.resolve()), file_digest(p))
 
 
-def normalise_labels(raw: np.ndarray) -> np.ndarray:
-    """Integer-valued labels become int64, everything else str (so JSON keeps them exactly)."""
-    if raw.dtype.kind in "iub":
-        return raw.astype(np.int64)
-    if raw.dtype.kind == "f" and np.all(np.mod(raw, 1) == 0):
-        return raw.astype(np.int64)
-    return raw.astype(str)
-
-
-# ----------------------------------------------------------------------------- split + scale
+# ----------------------------------------------------------------------------- split + preprocess
 
 
 @dataclass(frozen=True)
 class Standardizer:
-    """``(x - mean) / scale`` with statistics fitted on the training split only."""
+    """``(x - mean) / scale``: the pre-``features`` scaling, kept for checkpoints written with it."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -186,19 +359,30 @@ class Standardizer:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Standardised splits with integer class indices, plus what a predictor needs."""
+    """Preprocessed splits plus everything a predictor needs (preprocessing, target meaning)."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray  # int32 indices into classes
+    x_train: np.ndarray  # [rows, n_dense + n_categorical] float32 (see features.Preprocessor)
+    y_train: np.ndarray  # classification: int32 [rows] indices into classes; regression: float32 [rows, targets]
     x_val: np.ndarray
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    feature_names: tuple[str, ...]
-    classes: tuple[Any, ...]  # original labels, index i = class i
-    standardizer: Standardizer
+    feature_names: tuple[str, ...]  # raw input columns, what a request sends (preprocessor.input_columns)
+    classes: tuple[Any, ...]  # original labels, index i = class i; () for regression
+    preprocessor: Preprocessor
+    target: TargetSpec
     source: str
     digest: str
+    dropped_target_rows: int = 0  # rows without a target value, left out
+    test_frame: pd.DataFrame | None = None  # raw test rows (features + targets), index = 0-based data row
+
+    @property
+    def task(self) -> str:
+        return self.target.task
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        return self.target.names
 
     @property
     def n_features(self) -> int:
@@ -208,56 +392,144 @@ class Dataset:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def n_targets(self) -> int:
+        return len(self.target.names)
+
     def split_sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
+    @property
+    def standardizer(self) -> Standardizer:
+        """Compatibility view for code written before ``preprocessor`` (all-numeric tables only).
 
-def split_and_standardise(table: Table, cfg: DataConfig, seed: int) -> Dataset:
-    """Stratified train/val/test split (seeded), standardiser fitted on train only."""
+        Equals the preprocessor only without missing indicators, booleans and categories, and
+        ignores its clipping (values beyond ``data.clip`` scaled units) and constant columns
+        (scale 1 here, 0 there). New code: ``preprocessor.to_dict()`` / ``.transform``.
+        """
+        specs = self.preprocessor.columns
+        if not all(isinstance(s, NumericSpec) and not s.indicator for s in specs):
+            raise DataError(
+                "dataset.standardizer only describes all-numeric tables without gaps; use dataset.preprocessor"
+            )
+        mean = np.array([s.center for s in specs], np.float32)
+        scale = np.array([s.scale if s.scale > 0 else 1.0 for s in specs], np.float32)
+        return Standardizer(mean, scale)
+
+
+def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
+    """Drops rows without a target, splits (stratified for classification), fits on train only.
+
+    Raises:
+      DataError: a problem with a column (named) or too few rows to split.
+    """
     from sklearn.model_selection import train_test_split
 
-    classes, y = np.unique(table.labels, return_inverse=True)
-    n = len(y)
-    n_test = max(round(cfg.test_fraction * n), len(classes))
-    n_val = max(round(cfg.val_fraction * n), len(classes))
-    counts = np.bincount(y)
-    if counts.min() < 3 or n - n_test - n_val < len(classes):
-        rare = classes[np.argmin(counts)]
-        raise DataError(
-            f"{table.source}: too few rows to split stratified into train/val/test "
-            f"({n} rows; class {rare!r} has {counts.min()}; each class needs at least 3)"
-        )
+    frame, names = table.frame, cfg.target_names
+    has_target = frame[list(names)].notna().all(axis=1).to_numpy()
+    dropped = int((~has_target).sum())
+    if dropped:
+        frame = frame[has_target]
+    if cfg.missing == "error":
+        feats = frame.drop(columns=[*names, *[c for c in cfg.drop if c in frame.columns]])
+        gaps = {c: int(n) for c, n in feats.isna().sum().items() if n and c not in cfg.categorical}
+        gaps = {c: n for c, n in gaps.items() if not _is_text_column(feats[c])}
+        if gaps:
+            where = ", ".join(f"{c} ({n} rows)" for c, n in gaps.items())
+            raise DataError(f"{table.source}: missing values in feature column(s): {where}")
+    try:
+        target = TargetSpec.fit(frame, cfg.task, names)
+        y_all = target.encode(frame) if cfg.task == "classification" else None
+    except FeatureError as e:
+        raise DataError(f"{table.source}: {e}") from None
+    n = len(frame)
     idx = np.arange(n)
     try:
-        rest, test = train_test_split(idx, test_size=n_test, stratify=y, random_state=seed)
-        train, val = train_test_split(rest, test_size=n_val, stratify=y[rest], random_state=seed + 1)
+        if cfg.task == "classification":
+            n_cls = len(target.classes)
+            n_test = max(round(cfg.test_fraction * n), n_cls)
+            n_val = max(round(cfg.val_fraction * n), n_cls)
+            counts = np.bincount(y_all, minlength=n_cls)
+            if counts.min() < 3 or n - n_test - n_val < n_cls:
+                rare = target.classes[int(np.argmin(counts))]
+                raise DataError(
+                    f"{table.source}: too few rows to split stratified into train/val/test "
+                    f"({n} rows; class {rare!r} has {counts.min()}; each class needs at least 3)"
+                )
+            rest, test = train_test_split(idx, test_size=n_test, stratify=y_all, random_state=seed)
+            train, val = train_test_split(rest, test_size=n_val, stratify=y_all[rest], random_state=seed + 1)
+        else:
+            n_test, n_val = max(round(cfg.test_fraction * n), 1), max(round(cfg.val_fraction * n), 1)
+            if n - n_test - n_val < 2:
+                raise DataError(f"{table.source}: too few rows to split into train/val/test ({n} rows with a target)")
+            rest, test = train_test_split(idx, test_size=n_test, random_state=seed)
+            train, val = train_test_split(rest, test_size=n_val, random_state=seed + 1)
     except ValueError as e:
-        raise DataError(f"{table.source}: cannot split stratified: {e}") from None
-    scaler = Standardizer.fit(table.x[train])
-
-    def part(ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return scaler.transform(table.x[ix]), y[ix].astype(np.int32)
-
-    (xtr, ytr), (xva, yva), (xte, yte) = part(train), part(val), part(test)
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{table.source}: cannot split: {e}") from None
+    parts = {k: frame.iloc[ix] for k, ix in (("train", train), ("val", val), ("test", test))}
+    try:
+        if cfg.task == "regression":
+            target = TargetSpec.fit(parts["train"], cfg.task, names)  # statistics from train only
+        pre = Preprocessor.fit(parts["train"], cfg)
+        xs = {k: pre.transform(f).x for k, f in parts.items()}
+        ys = {k: target.encode(f) for k, f in parts.items()}
+    except FeatureError as e:
+        raise DataError(f"{table.source}: {e}") from None
+    test_frame = parts["test"].copy()
     return Dataset(
-        xtr,
-        ytr,
-        xva,
-        yva,
-        xte,
-        yte,
-        feature_names=table.feature_names,
-        classes=tuple(c.item() if hasattr(c, "item") else c for c in classes),
-        standardizer=scaler,
+        xs["train"],
+        ys["train"],
+        xs["val"],
+        ys["val"],
+        xs["test"],
+        ys["test"],
+        feature_names=pre.input_columns,
+        classes=target.classes,
+        preprocessor=pre,
+        target=target,
         source=table.source,
         digest=table.digest,
+        dropped_target_rows=dropped,
+        test_frame=test_frame,
     )
 
 
-def prepare(cfg: DataConfig, seed: int) -> Dataset:
-    """Generates the synthetic CSV if needed, loads, validates, splits and standardises."""
+def _is_text_column(values: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values) or values.dtype == object)
+
+
+def describe(dataset: Dataset) -> list[str]:
+    """Lines for the start of a run: source, rows, dropped rows, target, then the column roles."""
+    lines = []
+    if dataset.dropped_target_rows:
+        lines.append(f"data: left out {dataset.dropped_target_rows} row(s) without a target value")
+    if dataset.task == "classification":
+        lines.append(f"target: {dataset.target_names[0]!r}, {dataset.n_classes} classes {list(dataset.classes)}")
+    else:
+        lines.append(
+            "target: regression on "
+            + ", ".join(
+                f"{n!r} (mean {m:.4g}, std {s:.4g})"
+                for n, m, s in zip(dataset.target.names, dataset.target.mean, dataset.target.scale, strict=True)
+            )
+        )
+    return lines + dataset.preprocessor.describe_roles()
+
+
+def prepare(cfg: DataConfig, seed: int, verbose: bool = True) -> Dataset:
+    """Generates the synthetic CSV if needed, reads, validates, splits and preprocesses.
+
+    With ``verbose`` prints what was decided (dropped columns/rows, target, column roles).
+    """
     ensure_synthetic(cfg)
-    return split_and_standardise(load_csv(cfg.path, cfg.target), cfg, seed)
+    table = load_table(cfg)
+    dataset = split(table, cfg, seed)
+    if verbose:
+        for line in [*table.frame.attrs.get("notes", []), *describe(dataset)]:
+            print(line, flush=True)
+    return dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,10 +41,12 @@ def test_string_labels_kept_in_order_and_split_is_stratified(tmp_path):
     assert sizes == {"train": 280, "val": 60, "test": 60}
     frac = [np.mean(y) for y in (ds.y_train, ds.y_val, ds.y_test)]
     assert max(frac) - min(frac) < 0.03  # stratified
-    # standardiser fitted on the training split only
-    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(ds.x_train.std(axis=0), 1, atol=1e-4)
+    # robust scaling fitted on the training split only: train medians map to 0
+    np.testing.assert_allclose(np.median(ds.x_train, axis=0), 0, atol=1e-5)
     assert abs(ds.x_test.mean()) > 1e-6
+    standard = D.prepare(C.DataConfig(path=str(path), target="label", scaling="standard"), seed=0)
+    np.testing.assert_allclose(standard.x_train.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(standard.x_train.std(axis=0), 1, atol=1e-4)
 
 
 def test_split_is_seeded(tiny_csv):
@@ -61,18 +63,11 @@ def test_split_is_seeded(tiny_csv):
         (lambda p: p.write_text(""), "label", "data file is empty"),
         (lambda p: p.write_text("a,b,label\n"), "label", "0 data rows"),
         (lambda p: _frame().to_csv(p, index=False), "nope", "target column 'nope' not found"),
-        (lambda p: _frame().assign(b=["x"] * 60).to_csv(p, index=False), "label", "must be numeric, not: b"),
-        (
-            lambda p: _frame().assign(c=[np.nan] + [1.0] * 59).to_csv(p, index=False),
-            "label",
-            "missing values in feature column(s): c (1 rows)",
-        ),
+        (lambda p: _frame().assign(b=[f"id{i}" for i in range(60)]).to_csv(p, index=False), "label", "data.drop=b"),
         (lambda p: _frame().assign(label="same").to_csv(p, index=False), "label", "has 1 class(es)"),
-        (
-            lambda p: _frame().assign(label=[None] * 2 + ["a"] * 58).to_csv(p, index=False),
-            "label",
-            "2 missing value(s)",
-        ),
+        (lambda p: _frame().assign(label=_frame()["a"]).to_csv(p, index=False), "label", "data.task=regression"),
+        (lambda p: p.write_text("a,b,a,label\n1,2,3,x\n"), "label", "more than once: 'a'"),
+        (lambda p: p.write_text("label,b,label\n1,2,3\n"), "label", "more than once: 'label'"),
         (lambda p: _frame()[["label"]].to_csv(p, index=False), "label", "no feature columns"),
         (lambda p: _frame(5).assign(label=list("aabbb")).to_csv(p, index=False), "label", "too few rows"),
     ],
@@ -85,13 +80,138 @@ def test_bad_csv_is_refused_with_a_named_problem(tmp_path, make, target, message
     assert message in str(info.value)
 
 
+def test_missing_error_policy_refuses_gaps_like_before(tmp_path):
+    path = tmp_path / "gaps.csv"
+    _frame().assign(c=[np.nan] + [1.0] * 59).to_csv(path, index=False)
+    with pytest.raises(D.DataError, match=r"missing values in feature column\(s\): c \(1 rows\)"):
+        D.prepare(C.DataConfig(path=str(path), target="label", missing="error"), 0)
+    ds = D.prepare(C.DataConfig(path=str(path), target="label"), 0)  # default: impute + indicator
+    assert np.isfinite(ds.x_train).all() and np.isfinite(ds.x_test).all()
+
+
+def test_rows_without_target_are_dropped_and_counted(tmp_path):
+    path = tmp_path / "t.csv"
+    _frame(100).assign(label=[None, "NA"] + ["a", "b"] * 49).to_csv(path, index=False)
+    ds = D.prepare(C.DataConfig(path=str(path), target="label"), 0)
+    assert ds.dropped_target_rows == 2 and sum(ds.split_sizes().values()) == 98
+
+
+def test_bom_header_is_stripped(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeff".encode() + _frame().to_csv(index=False).encode())
+    assert D.read_header(path)[0] == "a"
+    assert D.read_header(path.read_bytes()) == ["a", "b", "c", "label"]
+    assert list(D.read_table(path).columns) == ["a", "b", "c", "label"]
+    assert D.prepare(C.DataConfig(path=str(path), target="label"), 0).feature_names == ("a", "b", "c")
+
+
+def test_unnamed_pandas_index_column_is_dropped(tmp_path, capsys):
+    path = tmp_path / "indexed.csv"
+    _frame().to_csv(path)  # writes the index as an unnamed first column
+    frame = D.read_table(path)
+    assert list(frame.columns) == ["a", "b", "c", "label"]
+    assert "written index" in frame.attrs["notes"][0]
+    ds = D.prepare(C.DataConfig(path=str(path), target="label"), 0)
+    assert ds.feature_names == ("a", "b", "c") and "written index" in capsys.readouterr().out
+
+
+def test_empty_header_cell_is_named(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,,label\n1,5,x\n2,6,y\n")
+    assert list(D.read_table(path).columns) == ["a", "unnamed_1", "label"]
+
+
+def test_prediction_reader_passes_other_columns_through_verbatim(tmp_path):
+    text = "id,note,a,b\n1,NA,1.5,x\n2,null,NA,\n3,N/A,,y\n4,NaN,2,z\n5,,3,NULL\n"
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    for source in (path, text.encode()):
+        frame = D.read_csv_for_prediction(source, ["a", "b"])
+        assert frame["note"].tolist() == ["NA", "null", "N/A", "NaN", ""]
+        assert frame["id"].tolist() == ["1", "2", "3", "4", "5"]
+        assert frame["a"].tolist() == ["1.5", None, None, "2", "3"]
+        assert frame["b"].tolist() == ["x", None, "y", "z", None]
+    blocks = list(D.iter_csv_for_prediction(path, ["a"], block_bytes=16))
+    assert sum(map(len, blocks)) == 5
+    with pytest.raises(D.DataError, match=r"lacks feature column.*'zz'"):
+        D.read_csv_for_prediction(path, ["a", "zz"])
+
+
+def test_prediction_reader_feeds_the_preprocessor(tmp_path):
+    path = tmp_path / "t.csv"
+    _frame(200).assign(c=lambda f: f["c"].where(f.index % 9 > 0)).to_csv(path, index=False)
+    ds = D.prepare(C.DataConfig(path=str(path), target="label"), 0)
+    raw = D.read_csv_for_prediction(path, ds.feature_names)
+    want = ds.preprocessor.transform(D.read_table(path)).x
+    np.testing.assert_array_equal(ds.preprocessor.transform(raw).x, want)
+
+
+@pytest.mark.parametrize(
+    ("labels", "classes"),
+    [
+        (["True", "False"], (False, True)),
+        (["007", "012"], ("007", "012")),
+        (["1", "2"], (1, 2)),
+        (["1.0", "2.0"], (1, 2)),
+    ],
+)
+def test_labels_round_trip_exactly_through_files(tmp_path, labels, classes):
+    frame = _frame(60).assign(label=labels * 30)
+    for name, write in (("t.csv", lambda p: frame.to_csv(p, index=False)), ("t.parquet", frame.to_parquet)):
+        write(tmp_path / name)
+        ds = D.prepare(C.DataConfig(path=str(tmp_path / name), target="label"), 0)
+        assert ds.classes == classes
+        assert [type(c) for c in ds.classes] == [type(c) for c in classes]
+
+
+def test_bool_typed_parquet_labels_stay_bool(tmp_path):
+    path = tmp_path / "t.parquet"
+    _frame(60).assign(label=[True, False] * 30).to_parquet(path)
+    assert D.prepare(C.DataConfig(path=str(path), target="label"), 0).classes == (False, True)
+
+
+def test_regression_single_and_multi_target(tmp_path):
+    path = tmp_path / "r.csv"
+    f = _frame(300).drop(columns=["label"])
+    f["y1"] = 3 * f["a"] + 100
+    f["y2"] = f["b"] - f["c"]
+    f.loc[[3, 7], "y2"] = np.nan
+    f.to_csv(path, index=False)
+    one = D.prepare(C.DataConfig(path=str(path), target="y1", task="regression", drop=("y2",)), 0)
+    assert one.y_train.shape == (len(one.y_train), 1) and one.y_train.dtype == np.float32
+    assert one.classes == () and one.task == "regression" and one.feature_names == ("a", "b", "c")
+    two = D.prepare(C.DataConfig(path=str(path), target="y1,y2", task="regression"), 0)
+    assert two.target_names == ("y1", "y2") and two.y_train.shape[1] == 2 and two.dropped_target_rows == 2
+    np.testing.assert_allclose(two.y_train.mean(axis=0), 0, atol=1e-5)
+    back = two.target.decode(two.y_test)
+    np.testing.assert_allclose(back[:, 0], two.test_frame["y1"], rtol=1e-5)
+    assert sum(two.split_sizes().values()) == 298
+
+
+def test_non_numeric_regression_target_refused(tmp_path):
+    path = tmp_path / "r.csv"
+    _frame(100).to_csv(path, index=False)
+    with pytest.raises(D.DataError, match="regression target column 'label' is not numeric"):
+        D.prepare(C.DataConfig(path=str(path), target="label", task="regression"), 0)
+
+
+def test_standardizer_compat_view_only_for_all_numeric(tmp_path, tiny_csv):
+    ds = D.prepare(C.DataConfig(path=str(tiny_csv)), 0)
+    s = ds.standardizer
+    assert s.mean.shape == (6,) and (s.scale > 0).all()
+    path = tmp_path / "t.csv"
+    _frame().assign(kind=["u", "v"] * 30).to_csv(path, index=False)
+    with pytest.raises(D.DataError, match=r"use dataset.preprocessor"):
+        _ = D.prepare(C.DataConfig(path=str(path), target="label"), 0).standardizer
+
+
 def test_synthetic_generated_only_at_default_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = C.DataConfig(n_samples=50)
     assert D.ensure_synthetic(cfg) is True
     assert Path(C.SYNTHETIC_PATH).exists()
     assert D.ensure_synthetic(cfg) is False
-    with pytest.raises(D.DataError, match="not found"):
+    with pytest.raises(D.DataError, match=r"not found"):
         D.prepare(C.DataConfig(path="typo.csv"), 0)
     assert not Path("typo.csv").exists()
 
