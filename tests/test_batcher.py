@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from mlp_jax.batcher import BatcherClosed, MicroBatcher, QueueFull
 from mlp_jax.predictor import Predictor
+from tests.conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +234,88 @@ def test_a_cancelled_request_is_dropped_without_disturbing_others():
 
     asyncio.run(main())
     assert gate.calls == [1, 1]
+
+
+# ----------------------------------------------------------------------------- a real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def real_server(workdir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``python -m mlp_jax.serve`` in its own process group on a free port, ready; killed if left running."""
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "mlp_jax.serve", "--model", str(workdir), "--port", str(port), *flags]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"server exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, "server did not become ready"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predictor):
+    sizes = [5000, 1, 300, 1] * 4  # 5000 > the largest bucket: chunked, in the worker thread
+    inputs = [random_rows(predictor, n, 100 + i) for i, n in enumerate(sizes)]
+    bodies = [json.dumps({"instances": x.astype(np.float64).tolist()}).encode() for x in inputs]
+    with real_server(trained_workdir) as (proc, port):
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in sizes]
+        for c in conns:  # every connection accepted and owned by the server before the load starts
+            c.request("GET", "/health")
+            assert c.getresponse().read() == b'{"status":"alive"}'
+        for c, body in zip(conns, bodies, strict=True):
+            c.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        time.sleep(0.05)  # let the server read the requests; answering them all takes far longer
+        proc.send_signal(signal.SIGTERM)
+        answers = []
+        for c in conns:
+            r = c.getresponse()
+            answers.append((r.status, r.read()))
+        assert proc.wait(60) == 0, proc.stdout.read()[-3000:]
+    for (status, body), x in zip(answers, inputs, strict=True):
+        assert status == 200, body[:300]
+        assert np.array_equal(np.float32(json.loads(body)["probabilities"]), predictor.predict_proba(x))
+
+
+def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_answering(trained_workdir, predictor):
+    body = {"instances": random_rows(predictor, 4, 7).astype(np.float64).tolist()}
+
+    async def burst(port: int) -> tuple[list[httpx.Response], list[int]]:
+        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as client:
+            posts = [client.post("/predict", json=body) for _ in range(300)]
+            healths = [client.get("/health") for _ in range(5)]
+            out = await asyncio.gather(*posts, *healths)
+            after = await client.get("/health")
+            return list(out[:300]), [r.status_code for r in [*out[300:], after]]
+
+    with real_server(trained_workdir, "--max-queue-rows", "4") as (proc, port):
+        answers, health = asyncio.run(burst(port))
+        assert proc.poll() is None
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    statuses = collections.Counter(r.status_code for r in answers)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0 and statuses[200] > 0, statuses
+    for r in answers:
+        if r.status_code == 503:
+            assert r.headers["Retry-After"] == "1" and "too busy" in r.json()["detail"]
+    assert health == [200] * 6
+    assert "mlp_jax_batch_rows_bucket" in metrics and "mlp_jax_queue_wait_seconds_bucket" in metrics
