@@ -7,6 +7,7 @@ import collections
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -276,7 +277,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predic
     sizes = [5000, 1, 300, 1] * 4  # 5000 > the largest bucket: chunked, in the worker thread
     inputs = [random_rows(predictor, n, 100 + i) for i, n in enumerate(sizes)]
     bodies = [json.dumps({"instances": x.astype(np.float64).tolist()}).encode() for x in inputs]
-    with real_server(trained_workdir) as (proc, port):
+    with real_server(trained_workdir, "--max-queue-rows", "100000") as (proc, port):  # all admitted
         conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in sizes]
         for c in conns:  # every connection accepted and owned by the server before the load starts
             c.request("GET", "/health")
@@ -285,6 +286,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predic
             c.request("POST", "/predict", body, {"Content-Type": "application/json"})
         time.sleep(0.05)  # let the server read the requests; answering them all takes far longer
         proc.send_signal(signal.SIGTERM)
+        answered = sum(bool(select.select([c.sock], [], [], 0)[0]) for c in conns)
+        assert answered < len(conns), "every answer was already back: nothing was in flight at SIGTERM"
         answers = []
         for c in conns:
             r = c.getresponse()
