@@ -1,6 +1,6 @@
 """Load test: our Litestar service vs MLflow's scoring server, same registered model, same clients.
 
-    python -m benchmarks.serve_load [--model checkpoints/baseline] [--duration 20] [--connections 16]
+    python -m benchmarks.serve_load [--model checkpoints/baseline] [--duration 20] [--connections 16] [--scenarios]
 
 What it does, in one run:
 
@@ -12,7 +12,9 @@ What it does, in one run:
 3. drives each with ``wrk`` (``--connections`` keep-alive connections for ``--duration``
    seconds after a short warm-up) with one-row and 256-row requests: ours on ``/predict``
    and ``/invocations``, MLflow's on ``/invocations`` (the same ``dataframe_split`` body);
-4. prints requests/s, rows/s, p50/p99 latency and errors for each, and the ratios.
+4. prints requests/s, rows/s, p50/p99 latency and errors for each, and the ratios;
+5. with ``--scenarios``, also one-row ``/predict`` on ours with 64 connections, and with 512
+   connections against ``--max-queue-rows 8`` (its non-2xx answers are the expected 503s).
 
 ``wrk`` is the load generator (install: ``apt-get install -y wrk``). Without it the script
 says so and falls back to a Python client in ``--connections`` threads, which on a small
@@ -204,6 +206,50 @@ def run_python_client(url: str, body: str, connections: int, duration: float) ->
     return len(lat) / elapsed, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), len(lat), errors[0]
 
 
+# ----------------------------------------------------------------------------- micro-batching scenarios
+
+
+def concurrency_scenarios(
+    uri: str, env: dict[str, str], tmp: Path, body: str, args: argparse.Namespace, use_wrk: bool
+) -> list[Result]:
+    """One-row ``/predict`` on our server: 64 connections, then 512 against a tiny queue.
+
+    The second is an overload test: its "errors" are the 503s (with ``Retry-After``) the
+    full queue answers; what matters is that nothing else fails, the server stays up and
+    ``/health`` still answers afterwards (checked here, printed).
+    """
+    import urllib.request
+
+    out = []
+    for label, connections, flags in (("c64", 64, []), ("c512 queue 8", 512, ["--max-queue-rows", "8"])):
+        port = free_port()
+        log = tmp / f"scenario-{connections}.log"
+        cmd = [sys.executable, "-m", "mlp_jax.serve", "--model", uri, "--port", str(port), *flags]
+        proc = start(cmd, env, tmp, log)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/ready", proc, log)
+            url = f"http://127.0.0.1:{port}/predict"
+            if use_wrk:
+                script = wrk_script(body, tmp / "load.lua")
+                run_wrk(url, script, connections, args.warmup, args.threads)
+                rps, p50, p99, total, errors = run_wrk(url, script, connections, args.duration, args.threads)
+            else:
+                rps, p50, p99, total, errors = run_python_client(url, body, connections, args.duration)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                health = r.status
+            alive = proc.poll() is None
+        finally:
+            stop(proc)
+        client = "wrk" if use_wrk else "python"
+        out.append(Result(f"mlp-jax {label}", "/predict", 1, rps, rps, p50, p99, total, errors, client))
+        print(
+            f"mlp-jax {label:13s} /predict    1 row(s): {rps:9,.0f} req/s  p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
+            f"non-2xx {errors}/{total}  /health after: {health}, server up: {alive}",
+            flush=True,
+        )
+    return out
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -218,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-rows", type=int, default=256)
     p.add_argument("--skip-mlflow", action="store_true", help="only our service")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="also: one-row /predict with 64 connections, and with 512 connections against --max-queue-rows 8",
+    )
     args = p.parse_args(argv)
 
     use_wrk = shutil.which("wrk") is not None
@@ -306,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                     )
         finally:
             stop(proc)
+
+    if args.scenarios:
+        results += concurrency_scenarios(uri, env, tmp, bodies[("/predict", 1)], args, use_wrk)
 
     def find(server: str, endpoint: str, n: int) -> Result | None:
         return next((r for r in results if (r.server, r.endpoint, r.rows_per_request) == (server, endpoint, n)), None)

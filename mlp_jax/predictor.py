@@ -165,7 +165,14 @@ class Predictor:
 
     def predict_proba(self, rows: Any) -> np.ndarray:
         """Probabilities ``[n, n_classes]`` (float32) for raw feature rows."""
-        x = self.check_rows(rows)
+        return self.proba_checked(self.check_rows(rows))
+
+    def proba_checked(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for rows already through :meth:`check_rows` (what the micro-batcher runs).
+
+        Each row's answer is independent of the others in ``x`` (see the module docstring),
+        so callers may stack rows of several requests and slice the answer back.
+        """
         top = self.buckets[-1]
         if len(x) <= top:
             return self._run(x)

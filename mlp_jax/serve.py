@@ -25,10 +25,12 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from mlp_jax.batcher import DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_WAIT_S, MicroBatcher, QueueFull  # [batcher wiring]
 from mlp_jax.predictor import Predictor, PredictorError
 
 log = logging.getLogger("mlp_jax.serve")
@@ -170,6 +173,19 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 ROWS = Counter("mlp_jax_rows_predicted", "Rows scored, by endpoint", ["endpoint"], registry=REGISTRY)
+# [batcher wiring] the micro-batcher's two histograms
+BATCH_ROWS = Histogram(
+    "mlp_jax_batch_rows",
+    "Rows per coalesced model call",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "mlp_jax_queue_wait_seconds",
+    "Time a request waited in the micro-batcher's queue before its model call started",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+    registry=REGISTRY,
+)
 
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
@@ -356,6 +372,7 @@ class Service:
         self.predictor = predictor
         self.max_rows = max_rows
         self.ready = False
+        self.batcher: MicroBatcher | None = None  # [batcher wiring] set by the app's lifespan
         self.record_keys = ("prediction", *predictor.probability_columns())  # one /invocations record
         self.classes = list(predictor.classes)
 
@@ -368,6 +385,14 @@ class Service:
     async def score(self, rows: Any, n: int, endpoint: str) -> tuple[list[Any], np.ndarray]:
         """Validated rows -> (labels, probabilities); large batches run off the event loop."""
         self.check_count(n)
+        if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
+            try:
+                x = self.predictor.check_rows(rows)
+            except PredictorError as e:
+                raise InvalidInput(str(e)) from None
+            probs = await self.batcher.submit(x)
+            ROWS.labels(endpoint).inc(n)
+            return self.predictor.labels(probs), probs
         try:
             if n > OFFLOAD_ROWS:
                 import anyio.to_thread
@@ -396,6 +421,8 @@ def create_app(
     max_rows: int = DEFAULT_MAX_ROWS,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     warmup: bool = True,
+    batch_wait_s: float = DEFAULT_MAX_WAIT_S,
+    max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
 ) -> Litestar:
     """The Litestar app serving ``model`` (a path, an MLflow URI, or a loaded Predictor).
 
@@ -483,9 +510,34 @@ def create_app(
             body["extra"] = e.extra
         return Response(body, status_code=e.status_code, headers=e.headers)
 
+    # [batcher wiring] begin: the batcher lives as long as the server; a full queue answers 503
+    @asynccontextmanager
+    async def batching(_: Litestar) -> AsyncIterator[None]:
+        service.batcher = MicroBatcher(
+            predictor.proba_checked,
+            max_batch=predictor.buckets[-1],
+            max_wait_s=batch_wait_s,
+            max_queue_rows=max_queue_rows,
+            inline_rows=OFFLOAD_ROWS,
+            on_batch=lambda rows, _requests, _reason: BATCH_ROWS.observe(rows),
+            on_wait=QUEUE_WAIT.observe,
+        )
+        try:
+            yield
+        finally:  # the server has stopped accepting and its open requests are done: finish the rest
+            service.ready = False
+            await service.batcher.close()
+
+    def on_overload(_: Request[Any, Any, Any], e: QueueFull) -> Response[dict[str, Any]]:
+        headers = {"Retry-After": str(e.retry_after_s)}
+        return Response({"status_code": 503, "detail": str(e)}, status_code=503, headers=headers)
+
+    # [batcher wiring] end
+
     app = Litestar(
         route_handlers=[predict, invocations, health, ready, metadata, metrics],
-        exception_handlers={HTTPException: on_http_error},
+        exception_handlers={HTTPException: on_http_error, QueueFull: on_overload},  # [batcher wiring]
+        lifespan=[batching],  # [batcher wiring]
         middleware=[metrics_middleware],
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="mlp-jax prediction service", version="1.0.0", path="/schema"),
@@ -529,7 +581,13 @@ def worker_app() -> Litestar:
     spec = json.loads(os.environ[_WORKER_ENV])
     predictor = Predictor.load(spec["checkpoint"])
     predictor.source, predictor.name, predictor.version = spec["source"], spec["name"], spec["version"]
-    return create_app(predictor, max_rows=spec["max_rows"], max_body_bytes=spec["max_body_bytes"])
+    return create_app(
+        predictor,
+        max_rows=spec["max_rows"],
+        max_body_bytes=spec["max_body_bytes"],
+        batch_wait_s=spec["batch_wait_s"],  # [batcher wiring]
+        max_queue_rows=spec["max_queue_rows"],  # [batcher wiring]
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -544,11 +602,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own compiled model")
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="most rows per request")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
+    # [batcher wiring] begin
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=DEFAULT_MAX_WAIT_S * 1e3,
+        help="longest a request waits for others to share its model call (default %(default)s); a lone request never waits",
+    )
+    p.add_argument(
+        "--max-queue-rows",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_ROWS,
+        help="queued rows past which requests answer 503 with Retry-After (default %(default)s)",
+    )
+    # [batcher wiring] end
     args = p.parse_args(argv)
-    for name in ("port", "workers", "max_rows", "max_body_bytes"):
+    if args.batch_wait_ms < 0:  # [batcher wiring]
+        p.error(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms}")
+    for name in ("port", "workers", "max_rows", "max_body_bytes", "max_queue_rows"):
         if getattr(args, name) < (0 if name == "port" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return args
+
+
+def _exit_cleanly(signum: int, frame: Any) -> None:  # [batcher wiring]
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -567,7 +645,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_jax()
     try:
         predictor = Predictor.load(args.model)
-        app = create_app(predictor, max_rows=args.max_rows, max_body_bytes=args.max_body_bytes)
+        app = create_app(
+            predictor,
+            max_rows=args.max_rows,
+            max_body_bytes=args.max_body_bytes,
+            batch_wait_s=args.batch_wait_ms / 1e3,  # [batcher wiring]
+            max_queue_rows=args.max_queue_rows,  # [batcher wiring]
+        )
     except (CheckpointError, PredictorError) as e:
         print(f"error: cannot serve --model {args.model}: {e}", file=sys.stderr)
         return 1
@@ -583,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
     )
     if args.workers == 1:
+        # [batcher wiring] uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),
+        # which would end the process with -15; a clean stop exits 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run(app, **server_options)
         return 0
     # Each worker is a fresh process that loads the same local checkpoint; metrics are summed
@@ -597,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                 "version": predictor.version,
                 "max_rows": args.max_rows,
                 "max_body_bytes": args.max_body_bytes,
+                "batch_wait_s": args.batch_wait_ms / 1e3,  # [batcher wiring]
+                "max_queue_rows": args.max_queue_rows,  # [batcher wiring]
             }
         )
         uvicorn.run("mlp_jax.serve:worker_app", factory=True, workers=args.workers, **server_options)
