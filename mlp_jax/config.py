@@ -101,7 +101,9 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs (and always the last); the best params ride in every checkpoint
     num_devices: int = 0  # 0 = every local device
     progress: bool = True
-    compare_sklearn: bool = False  # also fit sklearn's MLPClassifier on the same split and print both
+    compare_sklearn: bool = False  # also fit scikit-learn's MLPClassifier/MLPRegressor on the same split and print both
+    loss: Literal["mse", "huber"] = "mse"  # regression loss on standardised targets (classification: cross-entropy)
+    huber_delta: float = 1.0  # huber only: quadratic within this many target standard deviations
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Test metrics, the classification report, and plots (loss curve, confusion matrix).
+"""Test metrics and reports (classification, regression), and plots (loss curve, confusion matrix,
+predicted vs actual, residuals).
 
 Reference metrics come from scikit-learn; plots use matplotlib's non-interactive Agg
 backend, imported only when a plot is drawn.
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mlp_jax.model import probabilities_fn
+from mlp_jax.model import apply, probabilities_fn
 
 
 def batched_probabilities(
@@ -66,7 +67,48 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
     return out
 
 
+def batched_outputs(graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """The network's raw outputs ``[rows, n_outputs]`` (standardised regression targets), padded batches."""
+    f = jax.jit(lambda p, xb: apply(graphdef, p, xb))
+    out = []
+    n = len(x)
+    b = min(batch_size, max(n, 1))
+    for i in range(0, n, b):
+        chunk = x[i : i + b]
+        pad = b - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, x.shape[1]), x.dtype)])
+        out.append(np.asarray(f(params, chunk))[: b - pad])
+    return np.concatenate(out)
+
+
+def regression_report(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str]) -> dict[str, Any]:
+    """RMSE, MAE and R² per target (original units) and their mean over targets.
+
+    ``y_true`` / ``y_pred``: ``[rows, n_targets]``. Reference implementations from scikit-learn.
+    """
+    from sklearn import metrics
+
+    per = {}
+    for i, name in enumerate(targets):
+        t, p = y_true[:, i], y_pred[:, i]
+        per[name] = {
+            "rmse": float(np.sqrt(metrics.mean_squared_error(t, p))),
+            "mae": float(metrics.mean_absolute_error(t, p)),
+            "r2": float(metrics.r2_score(t, p)),
+        }
+    out: dict[str, Any] = {k: float(np.mean([v[k] for v in per.values()])) for k in ("rmse", "mae", "r2")}
+    out["per_target"] = per
+    out["targets"] = list(targets)
+    lines = [f"{'target':<24}{'RMSE':>14}{'MAE':>14}{'R2':>10}"]
+    lines += [f"{n:<24}{v['rmse']:>14.6g}{v['mae']:>14.6g}{v['r2']:>10.4f}" for n, v in per.items()]
+    out["text"] = "\n".join(lines)
+    return out
+
+
 def report_text(report: dict[str, Any]) -> str:
+    if "per_target" in report:
+        return report["text"].rstrip() + "\n"
     lines = [report["text"].rstrip(), "", f"log loss: {report['log_loss']:.5f}"]
     if "roc_auc" in report:
         lines.append(f"ROC AUC: {report['roc_auc']:.5f}")
@@ -75,11 +117,35 @@ def report_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str], path: str | Path) -> Path:
+    """Per target: predicted against actual (with the identity line), and residuals against predicted."""
+    k = len(targets)
+    fig = _figure(figsize=(10, 4 * k))
+    axes = np.asarray(fig.subplots(k, 2)).reshape(k, 2)
+    for i, name in enumerate(targets):
+        t, p = y_true[:, i], y_pred[:, i]
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        axes[i, 0].scatter(t, p, s=6, alpha=0.5)
+        axes[i, 0].plot([lo, hi], [lo, hi], color="black", lw=1)
+        axes[i, 0].set(xlabel=f"actual {name}", ylabel=f"predicted {name}", title="Predicted vs actual")
+        axes[i, 1].scatter(p, t - p, s=6, alpha=0.5)
+        axes[i, 1].axhline(0.0, color="black", lw=1)
+        axes[i, 1].set(xlabel=f"predicted {name}", ylabel="residual (actual - predicted)", title="Residuals")
+        for ax in axes[i]:
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def write_report(report: dict[str, Any], folder: str | Path) -> list[Path]:
-    """``classification_report.json`` and ``.txt`` in ``folder``."""
+    """``classification_report.json`` / ``.txt`` (or ``regression_report.*``) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    j, t = folder / "classification_report.json", folder / "classification_report.txt"
+    stem = "regression_report" if "per_target" in report else "classification_report"
+    j, t = folder / f"{stem}.json", folder / f"{stem}.txt"
     j.write_text(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=2, default=str))
     t.write_text(report_text(report))
     return [j, t]
@@ -99,10 +165,12 @@ def plot_loss_curve(history: Sequence[dict[str, float]], path: str | Path) -> Pa
     ax_l, ax_a = fig.subplots(1, 2)
     ax_l.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_l.plot(epochs, [h["val_loss"] for h in history], label="validation")
-    ax_l.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    ax_a.plot(epochs, [h["train_accuracy"] for h in history], label="train")
-    ax_a.plot(epochs, [h["val_accuracy"] for h in history], label="validation")
-    ax_a.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    second = "accuracy" if history and "val_accuracy" in history[0] else "rmse"
+    ax_l.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_a.plot(epochs, [h[f"train_{second}"] for h in history], label="train")
+    ax_a.plot(epochs, [h[f"val_{second}"] for h in history], label="validation")
+    ylabel = "accuracy" if second == "accuracy" else "RMSE (standardised targets)"
+    ax_a.set(xlabel="epoch", ylabel=ylabel, title=ylabel.split(" ")[0].capitalize())
     for ax in (ax_l, ax_a):
         ax.legend()
         ax.grid(alpha=0.3)

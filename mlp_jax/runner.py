@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mlp_jax.config import Config, ConfigError, apply_overrides, help_text, to_json
 
 _T_START = time.perf_counter()
@@ -49,9 +51,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     dataset = data_lib.prepare(config.data, config.seed)
     timings["data"] = time.perf_counter() - t
+    what = f"classes {list(dataset.classes)}" if dataset.task == "classification" else f"targets {list(dataset.target_names)}"
     print(
-        f"data: {dataset.source} ({dataset.split_sizes()}), {dataset.n_features} features, "
-        f"classes {list(dataset.classes)}",
+        f"data: {dataset.source} ({dataset.split_sizes()}), {dataset.n_features} model inputs, {what}",
         flush=True,
     )
 
@@ -71,19 +73,61 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
         t = time.perf_counter()
         best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
-        probs = evaluate.batched_probabilities(result.state.graphdef, best_params, dataset.x_test)
-        report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
-        test_loss = report["log_loss"]
-        if not primary:  # only process 0 writes plots, summary and tracking
-            return {
+        graphdef = result.state.graphdef
+        plots = workdir / "plots"
+        if dataset.task == "classification":
+            probs = evaluate.batched_probabilities(graphdef, best_params, dataset.x_test)
+            report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
+            test_metrics = {
                 "test_accuracy": report["accuracy"],
                 "test_loss": report["log_loss"],
-                "process_id": processes.process_id,
+                "test_roc_auc": report.get("roc_auc", report.get("roc_auc_ovr_macro")),
             }
-        plots = workdir / "plots"
+            best_val = {
+                "best_val_loss": min((h["val_loss"] for h in result.history), default=None),
+                "best_val_accuracy": next(
+                    (h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None
+                ),
+            }
+            figures = [
+                lambda: evaluate.plot_confusion_matrix(
+                    report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"
+                )
+            ]
+        else:
+            decode = dataset.target.decode
+            y_test = decode(dataset.y_test)
+            pred_test = decode(evaluate.batched_outputs(graphdef, best_params, dataset.x_test))
+            report = evaluate.regression_report(y_test, pred_test, dataset.target_names)
+            val = evaluate.regression_report(
+                decode(dataset.y_val),
+                decode(evaluate.batched_outputs(graphdef, best_params, dataset.x_val)),
+                dataset.target_names,
+            )
+            test_metrics = {
+                "test_rmse": report["rmse"],
+                "test_mae": report["mae"],
+                "test_r2": report["r2"],
+                "test_loss": float(np.mean(np.square(dataset.y_test - decode_std(dataset, pred_test)))),
+            }
+            if len(dataset.target_names) > 1:
+                for name, v in report["per_target"].items():
+                    test_metrics.update({f"test_{k}_{name}": v[k] for k in ("rmse", "mae", "r2")})
+            best_val = {
+                "best_val_loss": min((h["val_loss"] for h in result.history), default=None),
+                "best_val_rmse": val["rmse"],
+                "best_val_r2": val["r2"],
+            }
+            figures = [
+                lambda: evaluate.plot_predicted_vs_actual(
+                    y_test, pred_test, dataset.target_names, plots / "predicted_vs_actual.png"
+                )
+            ]
+        if not primary:  # only process 0 writes plots, summary and tracking
+            return {**test_metrics, "process_id": processes.process_id}
         artifacts = [
             evaluate.plot_loss_curve(result.history, plots / "loss_curve.png"),
-            evaluate.plot_confusion_matrix(report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"),
+            *(draw() for draw in figures),
             *evaluate.write_report(report, plots),
         ]
         (workdir / "config.json").write_text(json.dumps(json.loads(to_json(config)), indent=2))
@@ -91,15 +135,11 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
         summary: dict[str, Any] = {
             "experiment": config.name,
+            "task": dataset.task,
             "workdir": str(workdir),
-            "test_accuracy": report["accuracy"],
-            "test_loss": test_loss,
-            "test_roc_auc": report.get("roc_auc", report.get("roc_auc_ovr_macro")),
+            **test_metrics,
             "best_epoch": result.best_epoch,
-            "best_val_loss": min((h["val_loss"] for h in result.history), default=None),
-            "best_val_accuracy": next(
-                (h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None
-            ),
+            **best_val,
             "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from,
@@ -107,7 +147,10 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             "compile_seconds": result.compile_seconds,
             "n_features": dataset.n_features,
             "feature_names": list(dataset.feature_names),
+            "roles": dataset.preprocessor.roles,
             "classes": list(dataset.classes),
+            "targets": list(dataset.target_names),
+            "dropped_target_rows": dataset.dropped_target_rows,
             "dataset": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
             "checkpoint": result.last_checkpoint,
             "n_devices": result.n_devices,
@@ -141,43 +184,74 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     return summary
 
 
+def decode_std(dataset: Any, y: np.ndarray) -> np.ndarray:
+    """Original-unit regression targets back to the standardised units the loss uses."""
+    return ((y - np.asarray(dataset.target.mean)) / np.asarray(dataset.target.scale)).astype(np.float32)
+
+
+def one_hot_view(dataset: Any, x: np.ndarray) -> np.ndarray:
+    """``x`` with each categorical code column replaced by its one-hot block (for scikit-learn references)."""
+    pre = dataset.preprocessor
+    if not pre.cardinalities:
+        return x
+    parts = [x[:, : pre.n_dense]]
+    for i, card in enumerate(pre.cardinalities):
+        parts.append(np.eye(card, dtype=np.float32)[x[:, pre.n_dense + i].astype(np.int64)])
+    return np.concatenate(parts, axis=1)
+
+
 def sklearn_reference(config: Config, dataset: Any) -> dict[str, Any]:
-    """scikit-learn's MLPClassifier with the same hidden sizes, batch, optimiser budget and split."""
+    """scikit-learn's MLPClassifier / MLPRegressor with the same hidden sizes, batch, epoch budget and split."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import log_loss
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-    clf = MLPClassifier(
+    kind = MLPClassifier if dataset.task == "classification" else MLPRegressor
+    est = kind(
         hidden_layer_sizes=config.model.hidden_sizes,
         activation={"relu": "relu", "tanh": "tanh"}.get(config.model.activation, "relu"),
         solver="adam",
         learning_rate_init=config.optim.learning_rate,
-        batch_size=config.train.batch_size,
+        batch_size=min(config.train.batch_size, len(dataset.y_train)),
         max_iter=config.train.epochs,
         early_stopping=False,
         random_state=config.seed,
     )
+    x_train, x_test = one_hot_view(dataset, dataset.x_train), one_hot_view(dataset, dataset.x_test)
+    y_train = dataset.y_train if dataset.task == "classification" or dataset.n_targets > 1 else dataset.y_train[:, 0]
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(dataset.x_train, dataset.y_train)
+        est.fit(x_train, y_train)
     seconds = time.perf_counter() - t
-    probs = clf.predict_proba(dataset.x_test)
-    return {
-        "test_accuracy": float(clf.score(dataset.x_test, dataset.y_test)),
-        "test_loss": float(log_loss(dataset.y_test, probs, labels=list(range(dataset.n_classes)))),
-        "epochs": int(clf.n_iter_),
+    out: dict[str, Any] = {
+        "model": kind.__name__,
+        "epochs": int(est.n_iter_),
         "fit_seconds": seconds,
-        "train_samples_per_second": len(dataset.y_train) * clf.n_iter_ / seconds,
+        "train_samples_per_second": len(dataset.y_train) * est.n_iter_ / seconds,
     }
+    if dataset.task == "classification":
+        probs = est.predict_proba(x_test)
+        out["test_accuracy"] = float(est.score(x_test, dataset.y_test))
+        out["test_loss"] = float(log_loss(dataset.y_test, probs, labels=list(range(dataset.n_classes))))
+        return out
+    from mlp_jax import evaluate
+
+    pred = dataset.target.decode(np.asarray(est.predict(x_test)).reshape(len(x_test), -1))
+    report = evaluate.regression_report(dataset.target.decode(dataset.y_test), pred, dataset.target_names)
+    out.update(test_rmse=report["rmse"], test_mae=report["mae"], test_r2=report["r2"])
+    return out
 
 
 def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("task") == "regression":
+        headline = f"test RMSE {summary['test_rmse']:.5g}  MAE {summary['test_mae']:.5g}  R2 {summary['test_r2']:.4f}"
+    else:
+        headline = f"test accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}"
     print(
-        f"\ntest accuracy {summary['test_accuracy']:.4f}  test loss {summary['test_loss']:.4f}  "
-        f"(best epoch {summary['best_epoch']} of {summary['epochs_run']}"
+        f"\n{headline}  (best epoch {summary['best_epoch']} of {summary['epochs_run']}"
         f"{', stopped early' if summary['stopped_early'] else ''})"
     )
     print(
@@ -186,10 +260,13 @@ def print_summary(summary: dict[str, Any]) -> None:
     )
     if "sklearn" in summary:
         sk = summary["sklearn"]
+        if "test_r2" in sk:
+            scores = f"test RMSE {sk['test_rmse']:.5g}, R2 {sk['test_r2']:.4f}"
+        else:
+            scores = f"test accuracy {sk['test_accuracy']:.4f}, test loss {sk['test_loss']:.4f}"
         print(
-            f"scikit-learn MLPClassifier (same split, sizes, batch, {sk['epochs']} epochs): "
-            f"test accuracy {sk['test_accuracy']:.4f}, test loss {sk['test_loss']:.4f}, "
-            f"{sk['train_samples_per_second']:,.0f} samples/s"
+            f"scikit-learn {sk['model']} (same split, sizes, batch, {sk['epochs']} epochs): "
+            f"{scores}, {sk['train_samples_per_second']:,.0f} samples/s"
         )
     if summary.get("mlflow_run_id"):
         print(

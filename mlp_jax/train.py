@@ -53,6 +53,8 @@ class TrainState(struct.PyTreeNode):
     opt_state: optax.OptState
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    loss: str = struct.field(pytree_node=False, default="cross_entropy")  # or "mse" / "huber" (regression)
+    huber_delta: float = struct.field(pytree_node=False, default=1.0)
 
     def arrays(self) -> dict[str, Any]:
         """The checkpointable part (no static fields)."""
@@ -69,43 +71,76 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 def network_spec(config: Config, dataset: Dataset) -> NetworkSpec:
     """The network for ``dataset``'s inputs and outputs, shaped by ``config.model``."""
     m = config.model
+    pre = dataset.preprocessor
     return NetworkSpec(
         in_features=dataset.n_features,
-        n_outputs=dataset.n_classes,
+        n_outputs=dataset.n_classes if dataset.task == "classification" else dataset.n_targets,
         hidden_sizes=tuple(m.hidden_sizes),
         activation=m.activation,
         dropout=m.dropout,
+        n_dense=pre.n_dense,
+        cardinalities=tuple(pre.cardinalities),
+        embedding_dims=tuple(pre.embedding_dims),
     )
 
 
-def create_state(config: Config, spec: NetworkSpec, n_train: int) -> TrainState:
+def loss_name(config: Config, task: str) -> str:
+    """Cross-entropy for classification, ``train.loss`` (MSE or Huber) for regression."""
+    return "cross_entropy" if task == "classification" else config.train.loss
+
+
+def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "classification") -> TrainState:
     """A fresh state: parameters from ``config.seed``, optimiser from ``config.optim``.
 
     ``n_train`` (training rows) sets the steps per epoch, which learning-rate schedules need.
     """
     graphdef, params = nnx.split(spec.create(config.seed))
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), graphdef=graphdef, tx=tx)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        graphdef=graphdef,
+        tx=tx,
+        loss=loss_name(config, task),
+        huber_delta=config.train.huber_delta,
+    )
 
 
 # ----------------------------------------------------------------------------- pure steps
 
 
+def row_losses(state: TrainState, outputs: jax.Array, y: jax.Array) -> jax.Array:
+    """Loss per row ``[batch]``: cross-entropy on integer labels, or MSE / Huber averaged over targets."""
+    if state.loss == "cross_entropy":
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+    if state.loss == "huber":
+        return jnp.mean(optax.huber_loss(outputs, y, delta=state.huber_delta), axis=-1)
+    return jnp.mean(jnp.square(outputs - y), axis=-1)
+
+
+def row_scores(state: TrainState, outputs: jax.Array, y: jax.Array) -> dict[str, jax.Array]:
+    """The second metric per row: 1/0 correct (classification) or the squared error over targets (regression)."""
+    if state.loss == "cross_entropy":
+        return {"correct": (jnp.argmax(outputs, -1) == y).astype(jnp.float32)}
+    return {"sq_err": jnp.mean(jnp.square(outputs - y), axis=-1)}
+
+
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
-    """One optimiser update on one batch; metrics are sums (loss_sum, correct, count)."""
+    """One optimiser update on one batch; metrics are sums (loss_sum, correct or sq_err_sum, count)."""
     x, y = batch
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, jax.Array]:
-        logits = model_lib.apply(state.graphdef, params, x, key)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+        outputs = model_lib.apply(state.graphdef, params, x, key)
+        return row_losses(state, outputs, y).mean(), outputs
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     n = y.shape[0]
     metrics = {
         "loss_sum": loss * n,
-        "correct": jnp.sum(jnp.argmax(logits, -1) == y).astype(jnp.float32),
+        **{f"{k}_sum" if k == "sq_err" else k: jnp.sum(v) for k, v in row_scores(state, outputs, y).items()},
         "count": jnp.asarray(n, jnp.float32),
     }
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
@@ -114,11 +149,10 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
 def eval_step(state: TrainState, batch: tuple[jax.Array, jax.Array, jax.Array]) -> Metrics:
     """Masked sums over one (padded) batch: ``batch = (x, y, mask)``."""
     x, y, mask = batch
-    logits = model_lib.apply(state.graphdef, state.params, x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    outputs = model_lib.apply(state.graphdef, state.params, x)
     return {
-        "loss_sum": jnp.sum(loss * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == y) * mask),
+        "loss_sum": jnp.sum(row_losses(state, outputs, y) * mask),
+        **{f"{k}_sum" if k == "sq_err" else k: jnp.sum(v * mask) for k, v in row_scores(state, outputs, y).items()},
         "count": jnp.sum(mask),
     }
 
@@ -228,15 +262,20 @@ def batch_for_eval(x: np.ndarray, y: np.ndarray, batch_size: int, multiple: int 
     steps = math.ceil(n / b)
     pad = steps * b - n
     xp = np.concatenate([x, np.zeros((pad, x.shape[1]), x.dtype)]).reshape(steps, b, x.shape[1])
-    yp = np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(steps, b)
+    yp = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)]).reshape(steps, b, *y.shape[1:])
     mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)]).reshape(steps, b)
     return xp, yp, mask
 
 
 def finalize(sums: dict[str, Any]) -> dict[str, float]:
-    """``{loss, accuracy}`` from sums (divide once, on the host)."""
+    """``{loss, accuracy}`` (classification) or ``{loss, rmse}`` (regression, standardised units) from sums.
+
+    Divides once, on the host.
+    """
     count = float(sums["count"])
-    return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    if "correct" in sums:
+        return {"loss": float(sums["loss_sum"]) / count, "accuracy": float(sums["correct"]) / count}
+    return {"loss": float(sums["loss_sum"]) / count, "rmse": math.sqrt(float(sums["sq_err_sum"]) / count)}
 
 
 def check_batch_divides(config: Config, n_devices: int) -> None:
@@ -320,7 +359,7 @@ def fit(
     eval_sharding = NamedSharding(mesh, P(None, "data"))
 
     spec = network_spec(config, dataset)
-    state = put_replicated(create_state(config, spec, n_train), replicated)
+    state = put_replicated(create_state(config, spec, n_train, dataset.task), replicated)
     best_params = state.params
     stopper = EarlyStopping(tc.patience, tc.min_delta)
     history: list[dict[str, float]] = []
@@ -375,10 +414,8 @@ def fit(
             samples += steps * tc.batch_size
             row = {
                 "epoch": epoch,
-                "train_loss": train_m["loss"],
-                "train_accuracy": train_m["accuracy"],
-                "val_loss": val_m["loss"],
-                "val_accuracy": val_m["accuracy"],
+                **{f"train_{k}": v for k, v in train_m.items()},
+                **{f"val_{k}": v for k, v in val_m.items()},
                 "learning_rate": float(schedule(epoch * steps - 1)),
                 "samples_per_second": steps * tc.batch_size / dt,
                 "epoch_seconds": dt,
@@ -388,12 +425,7 @@ def fit(
                 best_params = jax.tree.map(jnp.copy, state.params)  # state buffers are donated next epoch
             writer.write_scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(
-                    loss=f"{row['train_loss']:.4f}",
-                    acc=f"{row['train_accuracy']:.4f}",
-                    val_loss=f"{row['val_loss']:.4f}",
-                    val_acc=f"{row['val_accuracy']:.4f}",
-                )
+                bar.set_postfix({k: f"{row[k]:.4f}" for k in row if k.startswith(("train_", "val_"))})
             last = epoch == tc.epochs or stopper.should_stop
             if store is not None and (epoch % tc.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
@@ -436,10 +468,15 @@ def artifact_meta(
     return ArtifactMeta(
         config=json.loads(to_json(config)),
         input_columns=tuple(dataset.feature_names),
-        preprocessing={"kind": "standardize", **dataset.standardizer.to_dict()},
+        preprocessing=dataset.preprocessor.to_dict(),
         network=spec,
         data=DataInfo(dataset.source, dataset.digest, **dataset.split_sizes()),
+        task=dataset.task,
         classes=tuple(dataset.classes),
+        targets=tuple(dataset.target_names) if dataset.task == "regression" else (),
+        target_stats={"mean": list(dataset.target.mean), "scale": list(dataset.target.scale)}
+        if dataset.task == "regression"
+        else {},
         history=tuple(history),
         early_stopping=stopper.to_dict(),
         n_devices=n_devices,

@@ -24,7 +24,7 @@ import pytest
 
 from mlp_jax.batcher import BatcherClosed, MicroBatcher, QueueFull
 from mlp_jax.predictor import Predictor
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(scope="module")
