@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -306,11 +307,35 @@ def load(path: str | Path, device: jax.Device | None = None) -> LoadedArtifact:
 
     Works whatever devices wrote the checkpoint (8 CPU devices, a GPU): the target carries
     this process's placement. Needs only the network's code: no optimiser, no train state.
+    Pointed at a workdir whose newest step is damaged (a truncated or missing file), it
+    loads the newest intact step instead and says so on stderr; pointed at a step folder,
+    a damaged step is an error naming it.
 
     Raises:
-      CheckpointError: not a checkpoint, an unreadable format, or damaged files.
+      CheckpointError: not a checkpoint, an unreadable format, or damaged files (one line
+        naming the step and the damage).
     """
-    workdir, step = resolve(path)
+    p = Path(path).expanduser()
+    workdir, step = resolve(p)
+    if p.resolve() != workdir:  # a step folder: exactly that step
+        return _load_step(workdir, step, device)
+    steps = step_folders(workdir)
+    errors = []
+    for s in reversed(steps):
+        try:
+            loaded = _load_step(workdir, s, device)
+        except CheckpointError as e:
+            if "format" in str(e) and "readable" in str(e):
+                raise
+            errors.append(str(e))
+            continue
+        if errors:
+            print(f"warning: {errors[0]}; using the newest intact step {s} instead", file=sys.stderr, flush=True)
+        return loaded
+    raise CheckpointError(f"no intact checkpoint step in {workdir}: {errors[0]}")
+
+
+def _load_step(workdir: Path, step: int, device: jax.Device | None) -> LoadedArtifact:
     mngr = manager(workdir, read_only=True)
     try:
         meta = read_meta(mngr, step)
@@ -322,10 +347,13 @@ def load(path: str | Path, device: jax.Device | None = None) -> LoadedArtifact:
             params = mngr.restore(
                 step, args=ocp.args.Composite(best_params=ocp.args.StandardRestore(abstract_like(abstract, sharding)))
             )["best_params"]
+            jax.block_until_ready(params)
     except CheckpointError:
         raise
     except Exception as e:  # Orbax / tensorstore raise many types for missing or damaged files
-        raise CheckpointError(f"cannot restore checkpoint {workdir}/{step}: {type(e).__name__}: {_first_line(e)}") from e
+        raise CheckpointError(
+            f"checkpoint step {workdir / str(step)} is damaged or unreadable: {type(e).__name__}: {_first_line(e)}"
+        ) from None
     finally:
         mngr.close()
     return LoadedArtifact(graphdef, params, meta, step, workdir / str(step))

@@ -42,6 +42,10 @@ class Restored:
     meta: ArtifactMeta
 
 
+class _Damaged(CheckpointError):
+    """A step's files are missing or truncated (an older step may still be intact)."""
+
+
 class Checkpointer:
     """An Orbax ``CheckpointManager`` over one workdir (latest ``keep`` steps kept)."""
 
@@ -79,10 +83,55 @@ class Checkpointer:
             but :data:`RESUMABLE_KEYS`, the data file's digest differs, or the step was
             written in another artifact format.
         """
-        step = self.latest_step()
-        if step is None:
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        if not steps:
             raise CheckpointError(f"no checkpoint steps in {self.directory}")
-        meta = artifact.read_meta(self.manager, step)
+        damage = []
+        for step in steps:  # the newest intact step: a damaged newest one (truncated file) is skipped, and said
+            try:
+                restored = self._restore_step(step, arrays, best_params, config, sharding, data_digest)
+            except _Damaged as e:
+                damage.append(str(e))
+                continue
+            if damage:
+                moved = self._set_aside([s for s in steps if s > step])
+                print(
+                    f"warning: {damage[0]}; resuming from the newest intact step {step} "
+                    f"(damaged step(s) moved to {', '.join(moved)})",
+                    flush=True,
+                )
+            return restored
+        raise CheckpointError(f"no intact checkpoint step to resume in {self.directory}: {damage[0]}")
+
+    def _set_aside(self, steps: list[int]) -> list[str]:
+        """Renames damaged step folders to ``damaged-<step>[-n]`` (kept for inspection, out of Orbax's way)."""
+        moved = []
+        for step in steps:
+            src = self.step_path(step)
+            dst = self.directory / f"damaged-{step}"
+            n = 1
+            while dst.exists():
+                dst, n = self.directory / f"damaged-{step}-{n}", n + 1
+            src.rename(dst)
+            moved.append(str(dst))
+        self.manager.reload()
+        return moved
+
+    def _restore_step(
+        self,
+        step: int,
+        arrays: dict[str, Any],
+        best_params: nnx.State,
+        config: Config,
+        sharding: jax.sharding.Sharding,
+        data_digest: str | None,
+    ) -> Restored:
+        try:
+            meta = artifact.read_meta(self.manager, step)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise _Damaged(f"checkpoint step {self.step_path(step)} has unreadable metadata: {type(e).__name__}") from e
         where = f"{self.directory} (epoch {step})"
         if meta.format != artifact.FORMAT:
             raise CheckpointError(
@@ -107,7 +156,12 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_like(arrays, sharding)),
             best_params=ocp.args.StandardRestore(abstract_like(best_params, sharding)),
         )
-        tree = self.manager.restore(step, args=args)
+        try:
+            tree = self.manager.restore(step, args=args)
+            jax.block_until_ready((tree["state"], tree["best_params"]))
+        except Exception as e:  # tensorstore raises for truncated or missing chunk files
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise _Damaged(f"checkpoint step {self.step_path(step)} is damaged: {type(e).__name__}: {first}") from e
         return Restored(step, tree["state"], tree["best_params"], meta)
 
     def wait(self) -> None:

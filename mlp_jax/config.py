@@ -24,6 +24,8 @@ ScalingName = Literal["robust", "standard"]
 
 #: Where the synthetic task lives; the runner generates it there when it is missing.
 SYNTHETIC_PATH = "data/classification_data.csv"
+#: Where the Friedman #1 regression task lives (``experiments.regression_baseline``); generated when missing.
+FRIEDMAN1_PATH = "data/friedman1.csv"
 
 
 class ConfigError(ValueError):

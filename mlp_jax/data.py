@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlp_jax.config import SYNTHETIC_PATH, DataConfig
+from mlp_jax.config import FRIEDMAN1_PATH, SYNTHETIC_PATH, DataConfig
 from mlp_jax.features import FeatureError, NumericSpec, Preprocessor, TargetSpec
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,28 @@ def ensure_synthetic(cfg: DataConfig) -> bool:
     Returns True when it wrote the file. Any other missing path is left for
     :func:`load_table` to report.
     """
-    if Path(cfg.path) != Path(SYNTHETIC_PATH) or Path(cfg.path).exists():
+    if Path(cfg.path).exists():
         return False
-    write_csv_atomic(make_synthetic(cfg), cfg.path)
-    return True
+    if Path(cfg.path) == Path(SYNTHETIC_PATH):
+        write_csv_atomic(make_synthetic(cfg), cfg.path)
+        return True
+    if Path(cfg.path) == Path(FRIEDMAN1_PATH):
+        write_csv_atomic(make_friedman1(cfg.synthetic_seed), cfg.path)
+        return True
+    return False
+
+
+def make_friedman1(seed: int = 42, n_samples: int = 20_000) -> pd.DataFrame:
+    """Friedman #1 regression (scikit-learn's ``make_friedman1``, 10 features of which 5 matter, noise 1.0).
+
+    ``y = 10 sin(pi x0 x1) + 20 (x2 - 0.5)^2 + 10 x3 + 5 x4 + N(0, 1)``; the noise caps R² near 0.96.
+    """
+    from sklearn.datasets import make_friedman1 as friedman
+
+    x, y = friedman(n_samples=n_samples, n_features=10, noise=1.0, random_state=seed)
+    frame = pd.DataFrame(x.astype(np.float32), columns=[f"x{i}" for i in range(x.shape[1])])
+    frame["y"] = y
+    return frame
 
 
 # ----------------------------------------------------------------------------- reading tables

@@ -8,6 +8,7 @@ The decision and its numbers are tags on the run and on the version.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 CHAMPION_ALIAS = "champion"
-#: The validation metric the gate compares (lower is better).
+#: The validation metric the gate compares (lower is better): validation loss for classification,
+#: validation RMSE (original units) for regression.
 GATE_METRIC = "best_val_loss"
+GATE_METRICS = {"classification": "best_val_loss", "regression": "best_val_rmse"}
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,13 @@ class GateDecision:
     challenger_val_loss: float
     champion_version: str | None = None
     champion_val_loss: float | None = None
+    metric: str = GATE_METRIC
 
     def tags(self) -> dict[str, str]:
         out = {
             "champion_gate.decision": "promoted" if self.promote else "rejected",
             "champion_gate.reason": self.reason,
-            "champion_gate.metric": GATE_METRIC,
+            "champion_gate.metric": self.metric,
             "champion_gate.challenger_val_loss": repr(self.challenger_val_loss),
         }
         if self.champion_version is not None:
@@ -45,7 +49,23 @@ class GateDecision:
         return out
 
 
-def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None) -> GateDecision:
+def champion_gate(
+    challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str = GATE_METRIC
+) -> GateDecision:
+    """Champion/challenger: promote only on a strictly lower validation metric on the same data.
+
+    Args:
+      challenger_val_loss: the new version's validation metric (``metric``: lower is better).
+      digest: the new version's dataset digest.
+      champion: the current champion's ``version``, ``val_loss`` and ``dataset_digest``
+        (None when there is no champion).
+    """
+    return dataclasses.replace(_gate(challenger_val_loss, digest, champion, metric), metric=metric)
+
+
+def _gate(
+    challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str
+) -> GateDecision:
     """Champion/challenger: promote only on a strictly lower validation loss on the same data.
 
     Args:
@@ -61,7 +81,7 @@ def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str
     version, loss, champ_digest = champion.get("version"), champion.get("val_loss"), champion.get("dataset_digest")
     if loss is None or champ_digest is None:
         return GateDecision(
-            False, f"champion v{version} has no recorded {GATE_METRIC} or dataset digest", challenger_val_loss, version
+            False, f"champion v{version} has no recorded {metric} or dataset digest", challenger_val_loss, version
         )
     if champ_digest != digest:
         return GateDecision(
@@ -81,7 +101,7 @@ def champion_gate(challenger_val_loss: float, digest: str, champion: Mapping[str
     )
 
 
-def current_champion(client: MlflowClient, name: str) -> dict[str, Any] | None:
+def current_champion(client: MlflowClient, name: str, metric: str = GATE_METRIC) -> dict[str, Any] | None:
     """The version behind alias ``champion`` with its gate numbers, or None when there is none."""
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION_ALIAS)
@@ -90,9 +110,9 @@ def current_champion(client: MlflowClient, name: str) -> dict[str, Any] | None:
             return None
         raise
     tags = mv.tags or {}
-    loss = tags.get(GATE_METRIC)
+    loss = tags.get(metric)
     if loss is None and mv.run_id:
-        loss = client.get_run(mv.run_id).data.metrics.get(GATE_METRIC)
+        loss = client.get_run(mv.run_id).data.metrics.get(metric)
     return {
         "version": str(mv.version),
         "val_loss": float(loss) if loss is not None else None,
@@ -112,6 +132,7 @@ def register(
     dataset_source: str,
     test_accuracy: float | None,
     pending: Callable[[str | None], None] = lambda version: None,
+    metric: str = GATE_METRIC,
 ) -> dict[str, Any]:
     """Registers the logged model ``info`` as a new version of ``name`` and runs the champion gate.
 
@@ -120,10 +141,10 @@ def register(
     """
     from mlflow.entities import RunTag
 
-    champion = current_champion(client, name)
-    decision = champion_gate(val_loss, dataset_digest, champion)
+    champion = current_champion(client, name, metric)
+    decision = champion_gate(val_loss, dataset_digest, champion, metric)
     version_tags = {
-        GATE_METRIC: repr(val_loss),
+        metric: repr(val_loss),
         "dataset_digest": dataset_digest,
         "dataset_source": dataset_source,
         "test_accuracy": repr(test_accuracy),
@@ -137,7 +158,7 @@ def register(
             name,
             description=(
                 "MLP trained with mlp-jax (JAX/Flax NNX). Each tracked run adds a version; "
-                f"alias '{CHAMPION_ALIAS}' follows the lowest {GATE_METRIC} on the same dataset digest."
+                f"alias '{CHAMPION_ALIAS}' follows the lowest {metric} on the same dataset digest."
             ),
         )
     accuracy = f", test accuracy {test_accuracy:.4f}" if test_accuracy is not None else ""
@@ -146,7 +167,7 @@ def register(
         source=info.model_uri,
         run_id=run_id,
         tags=version_tags,
-        description=f"{experiment}: {GATE_METRIC} {val_loss:.6g}{accuracy}, dataset {dataset_digest}",
+        description=f"{experiment}: {metric} {val_loss:.6g}{accuracy}, dataset {dataset_digest}",
         model_id=info.model_id,
     )
     pending(str(mv.version))
@@ -159,7 +180,7 @@ def register(
         else "none"
     )
     print(
-        f"mlflow: registered {name} v{mv.version}; champion gate on {GATE_METRIC} "
+        f"mlflow: registered {name} v{mv.version}; champion gate on {metric} "
         f"(dataset {dataset_digest}): {val_loss:.6g} vs champion {before} -> "
         f"{'PROMOTED to @' + CHAMPION_ALIAS if decision.promote else 'kept the champion'} ({decision.reason})",
         flush=True,
@@ -169,7 +190,7 @@ def register(
         "model_uri": f"models:/{name}/{mv.version}",
         "champion": decision.promote,
         "champion_gate": {
-            "metric": GATE_METRIC,
+            "metric": metric,
             "challenger_val_loss": val_loss,
             "champion_version": decision.champion_version,
             "champion_val_loss": decision.champion_val_loss,

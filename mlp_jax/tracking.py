@@ -41,14 +41,15 @@ from mlflow.tracking import MlflowClient
 from mlp_jax import model_uri
 from mlp_jax.artifact import CheckpointError, resolve
 from mlp_jax.config import Config, to_flat_dict, to_json
-from mlp_jax.registry import GATE_METRIC
 
 RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = (
     "train_loss",
     "train_accuracy",
+    "train_rmse",
     "val_loss",
     "val_accuracy",
+    "val_rmse",
     "learning_rate",
     "samples_per_second",
     "epoch_seconds",
@@ -158,8 +159,20 @@ def _dataset_entity(dataset: Any) -> Any:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.types import ColSpec, Schema
 
-    label = "long" if all(isinstance(c, int) for c in dataset.classes) else "string"
-    schema = Schema([*(ColSpec("double", n) for n in dataset.feature_names), ColSpec(label, "target")])
+    inputs = [ColSpec(r["dtype"], r["name"], required=not r["nullable"]) for r in dataset.preprocessor.roles]
+    if dataset.task == "regression":
+        outputs = [ColSpec("double", name) for name in dataset.target_names]
+    else:
+        classes = dataset.classes
+        label = (
+            "boolean"
+            if all(isinstance(c, bool) for c in classes)
+            else "long"
+            if all(isinstance(c, int) for c in classes)
+            else "string"
+        )
+        outputs = [ColSpec(label, name) for name in dataset.target_names]  # the real label column's name
+    schema = Schema([*inputs, *outputs])
     try:
         with warnings.catch_warnings():  # MLflow registers two equivalent local sources and warns that it picked one
             warnings.simplefilter("ignore", UserWarning)
@@ -305,7 +318,12 @@ class Session:
             "test_roc_auc": summary.get("test_roc_auc"),
             "test_macro_f1": report.get("macro_avg", {}).get("f1-score"),
             "test_weighted_f1": report.get("weighted_avg", {}).get("f1-score"),
-            GATE_METRIC: summary.get("best_val_loss"),
+            "best_val_loss": summary.get("best_val_loss"),
+            "best_val_rmse": summary.get("best_val_rmse"),
+            "best_val_r2": summary.get("best_val_r2"),
+            "test_rmse": summary.get("test_rmse"),
+            "test_mae": summary.get("test_mae"),
+            "test_r2": summary.get("test_r2"),
             "best_val_accuracy": summary.get("best_val_accuracy"),
             "best_epoch": summary.get("best_epoch"),
             "epochs_run": summary.get("epochs_run"),
@@ -330,7 +348,8 @@ class Session:
             run_id=self.run_id,
             name=self.config.tracking.registered_model,
             experiment=self.config.name,
-            val_loss=float(summary.get("best_val_loss") or math.nan),
+            val_loss=float(summary.get(registry.GATE_METRICS[self.dataset.task]) or math.nan),
+            metric=registry.GATE_METRICS[self.dataset.task],
             dataset_digest=self.dataset.digest,
             dataset_source=str(self.dataset.source),
             test_accuracy=final.get("test_accuracy"),

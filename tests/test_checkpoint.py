@@ -199,3 +199,42 @@ def test_unreadable_metadata_names_the_format(meta, message):
     text = meta if isinstance(meta, str) else json.dumps(meta)
     with pytest.raises(A.CheckpointError, match=message):
         A.ArtifactMeta.from_json(text)
+
+
+def _truncate_arrays(step_dir: Path) -> int:
+    """Truncates every array chunk file of a step (as `truncate -s 100 <step>/state/d/*` does)."""
+    files = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
+    for f in files:
+        with open(f, "r+b") as fh:
+            fh.truncate(min(100, f.stat().st_size // 2))
+    return len(files)
+
+
+def test_a_damaged_newest_step_resumes_from_the_newest_intact_one(tmp_path, tiny_csv, capsys):
+    cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "4", "train.checkpoint_every": "2"})
+    ds = D.prepare(cfg.data, cfg.seed, verbose=False)
+    T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+    assert _truncate_arrays(Path(cfg.resolved_workdir) / "4") > 0
+    more = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "5", "train.checkpoint_every": "2"})
+    again = T.fit(more, ds, workdir=more.resolved_workdir, progress=False)
+    assert again.resumed_from == 2  # the damaged epoch-4 step was skipped, and said
+    assert "is damaged" in capsys.readouterr().out
+    assert (Path(cfg.resolved_workdir) / "damaged-4").is_dir()  # set aside, not deleted
+    # serving a workdir uses the newest intact step and says which; a damaged step folder is one clear error
+    loaded = A.load(cfg.resolved_workdir)
+    assert loaded.step in (2, 5)
+    _truncate_arrays(Path(cfg.resolved_workdir) / str(loaded.step))
+    with pytest.raises(A.CheckpointError, match=r"checkpoint step .* is damaged or unreadable"):
+        A.load(Path(cfg.resolved_workdir) / str(loaded.step))
+
+
+def test_every_step_damaged_is_one_clear_error(tmp_path, tiny_csv):
+    cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "2", "train.checkpoint_every": "1"})
+    ds = D.prepare(cfg.data, cfg.seed, verbose=False)
+    T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+    for step in A.step_folders(Path(cfg.resolved_workdir)):
+        _truncate_arrays(Path(cfg.resolved_workdir) / str(step))
+    with pytest.raises(A.CheckpointError, match="no intact checkpoint step"):
+        A.load(cfg.resolved_workdir)
+    with pytest.raises(A.CheckpointError, match="no intact checkpoint step to resume"):
+        T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)

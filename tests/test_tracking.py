@@ -198,7 +198,7 @@ def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, 
     workdir, step = resolve(trained_workdir)
     broken = store.folder / "broken"
     shutil.copytree(workdir / str(step), broken / str(step))
-    shutil.rmtree(broken / str(step) / "state")  # metadata intact, arrays gone
+    shutil.rmtree(broken / str(step) / "best_params")  # metadata intact, the served parameters gone
     config = tracked(store.folder, store.csv, "broken", **{"tracking.registered_model": "broken-model"})
     session = tracking.start(config, data_lib.prepare(config.data, config.seed))
     summary = json.loads((workdir / "summary.json").read_text())
