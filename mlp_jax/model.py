@@ -78,16 +78,30 @@ class MLP(nnx.Module):
         self.dropout = nnx.Dropout(dropout)
         self.activation = activation
 
-    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Logits ``[batch, n_classes]``; dropout is applied only when ``dropout_key`` is given."""
+    def __call__(
+        self, x: jax.Array, *, dropout_key: jax.Array | None = None, dropout_rate: jax.Array | None = None
+    ) -> jax.Array:
+        """Logits ``[batch, n_classes]``; dropout is applied only when ``dropout_key`` is given.
+
+        ``dropout_rate``: a traced rate that replaces the static one (a sweep member's own).
+        """
         act = ACTIVATIONS[self.activation]
-        train = dropout_key is not None and self.dropout.rate > 0
+        train = dropout_key is not None and (dropout_rate is not None or self.dropout.rate > 0)
         keys = jax.random.split(dropout_key, len(self.hidden)) if train else [None] * len(self.hidden)
         for layer, key in zip(self.hidden, keys, strict=True):
             x = act(dense(x, layer.kernel[...], layer.bias[...]))
-            if train:
+            if train and dropout_rate is not None:
+                x = dropout(x, dropout_rate, key)
+            elif train:
                 x = self.dropout(x, deterministic=False, rngs=key)
         return dense(x, self.head.kernel[...], self.head.bias[...])
+
+
+def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """``nnx.Dropout`` with a traced ``rate`` (same mask for the same key and rate; rate 0 is identity)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, p=keep, shape=x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 def create(

@@ -43,13 +43,18 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything that changes during training, as one pytree (static: graphdef, tx)."""
+    """Everything that changes during training, as one pytree (static: graphdef, tx).
+
+    ``hparams``: traced per-run values the step reads (``"label_smoothing"``, ``"dropout"``),
+    set from the config, not checkpointed; empty by default (no leaves, nothing changes).
+    """
 
     step: jax.Array
     params: nnx.State
     opt_state: optax.OptState
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
 
     def arrays(self) -> dict[str, Any]:
         """The checkpointable part (no static fields)."""
@@ -69,16 +74,34 @@ def create_state(config: Config, n_features: int, n_classes: int, n_train: int) 
     mlp = model_lib.create(n_features, n_classes, m.hidden_sizes, m.activation, m.dropout, config.seed)
     graphdef, params = nnx.split(mlp)
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), graphdef=graphdef, tx=tx)
+    ls = config.train.label_smoothing
+    hparams = {"label_smoothing": jnp.asarray(ls, jnp.float32)} if ls > 0 else {}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), graphdef=graphdef, tx=tx, hparams=hparams
+    )
 
 
 # ----------------------------------------------------------------------------- pure steps
 
 
 def logits_fn(
-    graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    x: jax.Array,
+    dropout_key: jax.Array | None = None,
+    dropout_rate: jax.Array | None = None,
 ) -> jax.Array:
-    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
+    if dropout_rate is None:
+        return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
+    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key, dropout_rate=dropout_rate)
+
+
+def train_loss(logits: jax.Array, y: jax.Array, label_smoothing: jax.Array | None = None) -> jax.Array:
+    """Per-row cross-entropy, against smoothed one-hot labels when ``label_smoothing`` is given."""
+    if label_smoothing is None:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    labels = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1], dtype=logits.dtype), label_smoothing)
+    return optax.softmax_cross_entropy(logits, labels)
 
 
 def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, Metrics]:
@@ -86,8 +109,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
     x, y = batch
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, jax.Array]:
-        logits = logits_fn(state.graphdef, params, x, key)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+        logits = logits_fn(state.graphdef, params, x, key, state.hparams.get("dropout"))
+        return train_loss(logits, y, state.hparams.get("label_smoothing")).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
