@@ -24,9 +24,9 @@ from pathlib import Path
 os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlp_jax import data as data_lib  # noqa: E402
-from mlp_jax import runner, sweep  # noqa: E402
-from mlp_jax.config import Config, apply_overrides  # noqa: E402
+from mlp_jax import data as data_lib
+from mlp_jax import runner, sweep
+from mlp_jax.config import Config, apply_overrides
 
 
 def _config(epochs: int, workdir: str, extra: list[str]) -> Config:

@@ -16,7 +16,6 @@ commit message / benchmarks/sweep_speed.py for the timing comparison.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -64,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(r: sweep.EpochReport) -> None:
         if config.train.progress and r.rows:
-            best = min((row["val_loss"] for row in r.rows.values() if row["val_loss"] is not None), default=float("nan"))
+            best = min(
+                (row["val_loss"] for row in r.rows.values() if row["val_loss"] is not None), default=float("nan")
+            )
             stopped = "".join(f", member {i} stopped ({why})" for i, why in r.stopped.items())
-            print(f"group {r.group} epoch {r.epoch}: {len(r.active)} active, best val loss {best:.4f}{stopped}", flush=True)
+            print(
+                f"group {r.group} epoch {r.epoch}: {len(r.active)} active, best val loss {best:.4f}{stopped}",
+                flush=True,
+            )
 
     try:
         result = sweep.run_sweep(config, dataset, str(workdir), on_epoch=progress)
@@ -78,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in table:
         values = " ".join(f"{k}={v}" for k, v in row["values"].items())
         loss = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.5f}"
-        print(f"{row['member']:>6}  {values:<50} {loss:>13} {row['best_epoch']:>5} {row['epochs_run']:>4}  {row['stopped']}")
+        print(
+            f"{row['member']:>6}  {values:<50} {loss:>13} {row['best_epoch']:>5} {row['epochs_run']:>4}  {row['stopped']}"
+        )
 
     top = sweep.top_k(result, TOP)
     ensemble: dict[str, object] = {}

@@ -76,7 +76,15 @@ VALUE_KEYS = ("optim.learning_rate", "optim.weight_decay", "model.dropout", "tra
 #: Per-member settings that only the host loop reads.
 HOST_KEYS = ("train.patience", "train.min_delta")
 #: Keys that may change between a sweep and its resume.
-RESUMABLE_KEYS = ("train.epochs", "train.progress", "train.num_devices", "train.checkpoint_every", "dist.", "tracking.", "workdir")
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.progress",
+    "train.num_devices",
+    "train.checkpoint_every",
+    "dist.",
+    "tracking.",
+    "workdir",
+)
 STOP_REASONS = ("patience", "non-finite", "budget")
 META_FORMAT = 1
 
@@ -109,10 +117,14 @@ def expand(config: Config) -> list[Member]:
     """
     axes = sweep_axes(config)
     if not axes:
-        raise ConfigError("sweep: nothing to sweep; give sweep.<key>=<values> (e.g. sweep.optim.learning_rate=1e-3,3e-3)")
+        raise ConfigError(
+            "sweep: nothing to sweep; give sweep.<key>=<values> (e.g. sweep.optim.learning_rate=1e-3,3e-3)"
+        )
     base = dataclasses.replace(config, sweep=SweepConfig())
     if config.sweep.samples == 0:
-        combos = [dict(zip([a.key for a in axes], vals, strict=True)) for vals in itertools.product(*(a.values for a in axes))]
+        combos = [
+            dict(zip([a.key for a in axes], vals, strict=True)) for vals in itertools.product(*(a.values for a in axes))
+        ]
     else:
         rng = np.random.default_rng(config.seed)
         combos = [{a.key: _draw(a, rng) for a in axes} for _ in range(config.sweep.samples)]
@@ -152,7 +164,9 @@ def group_members(members: Sequence[Member]) -> list[list[Member]]:
 # ----------------------------------------------------------------------------- stacked state
 
 
-def create_states(members: Sequence[Member], swept: Sequence[str], n_features: int, n_classes: int, n_train: int) -> train.TrainState:
+def create_states(
+    members: Sequence[Member], swept: Sequence[str], n_features: int, n_classes: int, n_train: int
+) -> train.TrainState:
     """The members' fresh train states stacked along a leading axis (one graphdef, one tx).
 
     ``swept``: the swept keys; a swept dropout rate or label smoothing becomes a traced
@@ -167,7 +181,9 @@ def create_states(members: Sequence[Member], swept: Sequence[str], n_features: i
     states = []
     for m in members:
         c = m.config
-        gd, params = nnx.split(model_lib.create(n_features, n_classes, m0.hidden_sizes, m0.activation, m0.dropout, c.seed))
+        gd, params = nnx.split(
+            model_lib.create(n_features, n_classes, m0.hidden_sizes, m0.activation, m0.dropout, c.seed)
+        )
         graphdef = graphdef or gd
         opt_state = tx.init(params)
         opt_state = opt_state._replace(
@@ -183,7 +199,12 @@ def create_states(members: Sequence[Member], swept: Sequence[str], n_features: i
             hparams["label_smoothing"] = jnp.asarray(c.train.label_smoothing, jnp.float32)
         states.append(
             train.TrainState(
-                step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, graphdef=graphdef, tx=tx, hparams=hparams
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=opt_state,
+                graphdef=graphdef,
+                tx=tx,
+                hparams=hparams,
             )
         )
     return jax.tree.map(lambda *a: jnp.stack(a), *states)
@@ -327,7 +348,9 @@ class SweepResult:
 
 def top_k(result: SweepResult, k: int) -> list[MemberResult]:
     """The ``k`` members with the lowest best validation loss (finite ones only), best first."""
-    ranked = sorted((m for m in result.members if math.isfinite(m.best_val_loss)), key=lambda m: (m.best_val_loss, m.index))
+    ranked = sorted(
+        (m for m in result.members if math.isfinite(m.best_val_loss)), key=lambda m: (m.best_val_loss, m.index)
+    )
     return ranked[:k]
 
 
@@ -336,7 +359,9 @@ def _probs_all(graphdef: nnx.GraphDef, stacked: nnx.State, x: jax.Array) -> jax.
     return jax.vmap(lambda p: jax.nn.softmax(train.logits_fn(graphdef, p, x), axis=-1))(stacked)
 
 
-def member_probs(graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None) -> np.ndarray:
+def member_probs(
+    graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None
+) -> np.ndarray:
     """Class probabilities ``[len(members), n, classes]`` of rows ``members`` of a stack."""
     if members is not None:
         idx = np.asarray(members, np.int32)
@@ -426,7 +451,9 @@ def _member_devices(n_members: int, num_devices: int) -> tuple[int, int]:
 
 def _pad(tree: Any, n: int) -> Any:
     """Appends copies of row 0 up to ``n`` rows (frozen padding members)."""
-    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n - a.shape[0], axis=0)]) if n > a.shape[0] else a, tree)
+    return jax.tree.map(
+        lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n - a.shape[0], axis=0)]) if n > a.shape[0] else a, tree
+    )
 
 
 def run_sweep(
@@ -452,7 +479,9 @@ def run_sweep(
     n_train = len(dataset.y_train)
     for g in groups:
         if n_train < g[0].config.train.batch_size:
-            raise ConfigError(f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows")
+            raise ConfigError(
+                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows"
+            )
 
     results: dict[int, MemberResult] = {}
     group_results: list[GroupResult] = []
@@ -489,7 +518,9 @@ def _run_group(
     k = len(group)
     n_train = len(dataset.y_train)
     n_dev, k_pad = _member_devices(k, config.train.num_devices)
-    mesh = jax.make_mesh((n_dev,), ("members",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n_dev])
+    mesh = jax.make_mesh(
+        (n_dev,), ("members",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n_dev]
+    )
     by_member, replicated = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
 
     states = create_states(group, swept, dataset.n_features, dataset.n_classes, n_train)
@@ -518,13 +549,17 @@ def _run_group(
         x_train = jax.device_put(dataset.x_train, replicated)
         y_train = jax.device_put(dataset.y_train, replicated)
         val = jax.device_put(train.batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size), replicated)
-        seeds = jax.device_put(np.asarray([m.config.seed for m in group] + [group[0].config.seed] * (k_pad - k), np.int32), by_member)
+        seeds = jax.device_put(
+            np.asarray([m.config.seed for m in group] + [group[0].config.seed] * (k_pad - k), np.int32), by_member
+        )
         active = np.asarray([r is None for r in reasons] + [False] * (k_pad - k))
 
         t0 = time.perf_counter()
         keys0 = _epoch_keys(seeds, jnp.int32(0))
         active_dev = jax.device_put(active, by_member)
-        train_epoch = make_sweep_epoch(tc.batch_size, n_train).lower(states, active_dev, x_train, y_train, keys0).compile()
+        train_epoch = (
+            make_sweep_epoch(tc.batch_size, n_train).lower(states, active_dev, x_train, y_train, keys0).compile()
+        )
         evaluate = make_sweep_evaluate().lower(states, *val).compile()
         timings["compile"] = time.perf_counter() - t0
 
@@ -612,7 +647,9 @@ def _run_group(
     return GroupResult(cfg0, tuple(m.index for m in group), final, best), mres, timings, n_dev
 
 
-def _check_resume(meta: dict[str, Any], config: Config, member_meta: list, dataset: Dataset, where: Path, step: int) -> None:
+def _check_resume(
+    meta: dict[str, Any], config: Config, member_meta: list, dataset: Dataset, where: Path, step: int
+) -> None:
     if meta.get("format") != META_FORMAT:
         raise SweepError(f"{where}/{step}: sweep checkpoint format {meta.get('format')!r}, expected {META_FORMAT}")
     if meta["data"]["digest"] != dataset.digest:

@@ -77,7 +77,12 @@ def create_state(config: Config, n_features: int, n_classes: int, n_train: int) 
     ls = config.train.label_smoothing
     hparams = {"label_smoothing": jnp.asarray(ls, jnp.float32)} if ls > 0 else {}
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), graphdef=graphdef, tx=tx, hparams=hparams
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        graphdef=graphdef,
+        tx=tx,
+        hparams=hparams,
     )
 
 

@@ -103,7 +103,9 @@ def test_members_equal_single_runs(tmp_path, tiny_csv):
     assert len(result.members) == 16 and len(result.groups) == 1
     for index in (0, 15):  # (1e-3, dropout 0, wd 0, seed 0), (1e-2, dropout 0.2, wd 1e-3, seed 1)
         member = result.members[index]
-        single = T.fit(C.with_values(dataclasses.replace(cfg, sweep=C.SweepConfig()), member.values), ds, progress=False)
+        single = T.fit(
+            C.with_values(dataclasses.replace(cfg, sweep=C.SweepConfig()), member.values), ds, progress=False
+        )
         _, best = result.params_of(index)
         for a, b in zip(_leaves(single.best_params), _leaves(best), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -123,7 +125,11 @@ def test_frozen_members_keep_their_state(tiny_csv):
     after, sums = epoch(states, jnp.array([True, False, True]), ds.x_train, ds.y_train, keys)
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a[1], np.asarray(b)[1])  # frozen: bitwise the same
-    moved = [not np.array_equal(a[k], np.asarray(b)[k]) for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)) for k in (0, 2)]
+    moved = [
+        not np.array_equal(a[k], np.asarray(b)[k])
+        for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True)
+        for k in (0, 2)
+    ]
     assert all(moved)
     assert sums["loss_sum"].shape == (3,)
 
@@ -184,12 +190,14 @@ def test_resume_after_a_crash_is_bitwise(tmp_path, tiny_csv):
     assert straight.table() == resumed.table()
     assert [m.history for m in straight.members] == [m.history for m in resumed.members]
     for g1, g2 in zip(straight.groups, resumed.groups, strict=True):
-        for a, b in zip(_leaves((g1.state.arrays(), g1.best_params)), _leaves((g2.state.arrays(), g2.best_params)), strict=True):
+        for a, b in zip(
+            _leaves((g1.state.arrays(), g1.best_params)), _leaves((g2.state.arrays(), g2.best_params)), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
     again = S.run_sweep(cfg, ds, str(tmp_path / "b" / "w"))  # finished: restores, trains nothing
     assert again.table() == straight.table()
     changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.03))
-    with pytest.raises(S.SweepError, match="optim.learning_rate"):
+    with pytest.raises(S.SweepError, match=r"optim\.learning_rate"):
         S.run_sweep(changed, ds, str(tmp_path / "b" / "w"))
 
 
@@ -206,7 +214,7 @@ def test_ensemble_mean_std_and_top_k(tmp_path, tiny_csv):
     np.testing.assert_allclose(mean, (p0 + p2) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, np.abs(p0 - p2) / 2, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(mean.sum(axis=1), 1.0, rtol=1e-5)
-    same_mean, same_std = S.ensemble_predict(g.graphdef, g.best_params, x, [1, 1])
+    _, same_std = S.ensemble_predict(g.graphdef, g.best_params, x, [1, 1])
     np.testing.assert_allclose(same_std, 0.0, atol=1e-7)
     np.testing.assert_allclose(result.predict(x, [0, 2])[0], mean, rtol=1e-6)
     ranked = S.top_k(result, 2)
