@@ -106,6 +106,7 @@ class TrainConfig:
     compare_sklearn: bool = False  # also fit scikit-learn's MLPClassifier/MLPRegressor on the same split and print both
     loss: Literal["mse", "huber"] = "mse"  # regression loss on standardised targets (classification: cross-entropy)
     huber_delta: float = 1.0  # huber only: quadratic within this many target standard deviations
+    label_smoothing: float = 0.0  # classification training loss only; validation and test losses stay plain log loss
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,20 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    """Many members trained as one program (``mlp_jax.sweep``); empty ``axes`` = no sweep.
+
+    Set through overrides ``sweep.<key>=<values>``: ``sweep.optim.learning_rate=1e-3,3e-3``
+    (a list; ``/`` separates items of a tuple-valued key: ``sweep.model.hidden_sizes=64,32/128``)
+    or, with ``samples > 0``, a range ``sweep.optim.learning_rate=1e-4:1e-2``. Each value is
+    parsed as that key's type; ``axes`` keeps the ``"key=spec"`` texts in the order given.
+    """
+
+    samples: int = 0  # 0 = grid (cartesian product of the lists); N = N random draws seeded by `seed`
+    axes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole experiment."""
 
@@ -146,6 +161,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     @property
     def resolved_workdir(self) -> str:
@@ -261,6 +277,8 @@ def parse_value(key: str, tp: Any, raw: str) -> Any:
 def apply_overrides(config: Config, overrides: list[str]) -> Config:
     """Returns a new config with ``key=value`` overrides applied and validated.
 
+    ``sweep.<key>=<values>`` items become sweep axes (see :class:`SweepConfig`).
+
     Raises:
       ConfigError: for a malformed item, an unknown key (with the closest valid ones),
         a value of the wrong type, or a value out of range.
@@ -268,11 +286,16 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     specs = field_specs(config)
     changes: dict[str, dict[str, Any]] = {}
     top: dict[str, Any] = {}
+    axes = dict(a.partition("=")[::2] for a in config.sweep.axes)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key.startswith("sweep.") and key not in specs:
+            axis = parse_sweep_axis(specs, key.removeprefix("sweep."), raw)  # typed errors now, not later
+            axes[axis.key] = raw.strip()
+            continue
         if key not in specs:
             close = difflib.get_close_matches(key, specs.keys(), n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(close)}?" if close else "; see --help for every key"
@@ -284,6 +307,10 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
             changes.setdefault(group, {})[leaf] = value
         else:
             top[group] = value
+    if axes != dict(a.partition("=")[::2] for a in config.sweep.axes):
+        sweep = changes.get("sweep", {})
+        sweep["axes"] = (*sweep.get("axes", ()), *(f"{k}={v}" for k, v in axes.items()))
+        changes["sweep"] = sweep
     for group, kv in changes.items():
         top[group] = dataclasses.replace(getattr(config, group), **kv)
     new = dataclasses.replace(config, **top)
@@ -332,6 +359,111 @@ def validate(c: Config) -> None:
     need(t.num_devices >= 0, "train.num_devices", "must be >= 0")
     need(c.dist.num_processes >= 0, "dist.num_processes", "must be >= 0")
     need(c.dist.timeout_seconds >= 1, "dist.timeout_seconds", "must be >= 1")
+    need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+    need(c.sweep.samples >= 0, "sweep.samples", "must be >= 0")
+    need(not c.sweep.samples or bool(c.sweep.axes), "sweep.samples", "needs at least one sweep.<key>=<values>")
+    if c.sweep.axes:
+        sweep_axes(c)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+#: Keys a sweep cannot vary: members share one dataset, one process group, one run.
+UNSWEEPABLE = (
+    "data.",
+    "dist.",
+    "tracking.",
+    "sweep.",
+    "name",
+    "workdir",
+    "train.num_devices",
+    "train.progress",
+    "train.checkpoint_every",
+    "train.compare_sklearn",
+)
+
+
+@dataclass(frozen=True)
+class SweepAxis:
+    """One swept key: a list of typed ``values``, or a ``low:high`` range (random search only)."""
+
+    key: str
+    values: tuple[Any, ...] = ()
+    low: Any = None
+    high: Any = None
+
+    @property
+    def is_range(self) -> bool:
+        return self.low is not None
+
+
+def parse_sweep_axis(specs: dict[str, tuple[Any, Any]], key: str, raw: str) -> SweepAxis:
+    """Parses ``sweep.<key>=<raw>`` with ``key``'s own type; raises ConfigError naming ``sweep.<key>``."""
+    where = f"sweep.{key}"
+    if key not in specs:
+        close = difflib.get_close_matches(key, specs.keys(), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join('sweep.' + k for k in close)}?" if close else "; see --help for every key"
+        raise ConfigError(f"unknown sweep key {where!r}{hint}")
+    if key.startswith(UNSWEEPABLE):
+        raise ConfigError(f"{where}: cannot be swept (members share one dataset, device set and run)")
+    tp, _ = specs[key]
+    text = raw.strip()
+    if not text:
+        raise ConfigError(f"{where}: empty value list (give e.g. {where}=a,b,c)")
+    if ":" in text and tp in (int, float):
+        lo_s, _, hi_s = text.partition(":")
+        if ":" in hi_s or "," in text or not lo_s.strip() or not hi_s.strip():
+            raise ConfigError(f"{where}: malformed range {raw!r} (expected low:high)")
+        lo, hi = parse_value(where, tp, lo_s.strip()), parse_value(where, tp, hi_s.strip())
+        if not lo < hi:
+            raise ConfigError(f"{where}: range {raw!r} needs low < high")
+        return SweepAxis(key, low=lo, high=hi)
+    sep = "/" if _is_tuple(tp) else ","
+    items = [s.strip() for s in text.split(sep)]
+    if not all(items):
+        raise ConfigError(f"{where}: empty item in {raw!r} (items are separated by {sep!r})")
+    values = tuple(parse_value(where, tp, s) for s in items)
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{where}: duplicate values in {raw!r}")
+    return SweepAxis(key, values=values)
+
+
+def with_values(config: Config, values: dict[str, Any]) -> Config:
+    """``config`` with flat keys replaced by already-typed values (not validated)."""
+    groups: dict[str, dict[str, Any]] = {}
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        group, dot, leaf = key.partition(".")
+        if dot:
+            groups.setdefault(group, {})[leaf] = value
+        else:
+            top[key] = value
+    for group, kv in groups.items():
+        top[group] = dataclasses.replace(getattr(config, group), **kv)
+    return dataclasses.replace(config, **top)
+
+
+def sweep_axes(config: Config) -> tuple[SweepAxis, ...]:
+    """The parsed, checked axes of ``config.sweep`` (every value valid for its key)."""
+    specs = field_specs(config)
+    base = dataclasses.replace(config, sweep=SweepConfig())
+    out: list[SweepAxis] = []
+    for entry in config.sweep.axes:
+        key, sep, raw = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"sweep.axes: {entry!r} is not of the form key=values")
+        if any(a.key == key.strip() for a in out):
+            raise ConfigError(f"sweep.axes: {key.strip()!r} is swept twice")
+        axis = parse_sweep_axis(specs, key.strip(), raw)
+        if axis.is_range and not config.sweep.samples:
+            raise ConfigError(f"sweep.{axis.key}: a range ({raw}) needs sweep.samples=N; give a list for a grid")
+        for value in (axis.low, axis.high) if axis.is_range else axis.values:
+            try:
+                validate(with_values(base, {axis.key: value}))
+            except ConfigError as e:
+                raise ConfigError(f"sweep.{axis.key}={raw}: {e}") from None
+        out.append(axis)
+    return tuple(out)
 
 
 def help_text(config: Config) -> str:
@@ -359,6 +491,8 @@ __all__ = [
     "DistConfig",
     "ModelConfig",
     "OptimConfig",
+    "SweepAxis",
+    "SweepConfig",
     "TrackingConfig",
     "TrainConfig",
     "apply_overrides",
@@ -367,7 +501,10 @@ __all__ = [
     "from_dict",
     "from_json",
     "help_text",
+    "parse_sweep_axis",
+    "sweep_axes",
     "to_flat_dict",
     "to_json",
     "validate",
+    "with_values",
 ]

@@ -115,17 +115,31 @@ class MLP(nnx.Module):
             parts.append(next(embeds)(c) if dim > 0 else jax.nn.one_hot(c, card, dtype=x.dtype))
         return jnp.concatenate(parts, axis=-1)
 
-    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
-        """Outputs ``[batch, n_outputs]``; dropout is applied only when ``dropout_key`` is given."""
+    def __call__(
+        self, x: jax.Array, *, dropout_key: jax.Array | None = None, dropout_rate: jax.Array | None = None
+    ) -> jax.Array:
+        """Outputs ``[batch, n_outputs]``; dropout is applied only when ``dropout_key`` is given.
+
+        ``dropout_rate``: a traced rate that replaces the static one (a sweep member's own).
+        """
         act = ACTIVATIONS[self.activation]
         x = self.embed_inputs(x)
-        train = dropout_key is not None and self.dropout.rate > 0
+        train = dropout_key is not None and (dropout_rate is not None or self.dropout.rate > 0)
         keys = jax.random.split(dropout_key, len(self.hidden)) if train else [None] * len(self.hidden)
         for layer, key in zip(self.hidden, keys, strict=True):
             x = act(dense(x, layer.kernel[...], layer.bias[...]))
-            if train:
+            if train and dropout_rate is not None:
+                x = dropout(x, dropout_rate, key)
+            elif train:
                 x = self.dropout(x, deterministic=False, rngs=key)
         return dense(x, self.head.kernel[...], self.head.bias[...])
+
+
+def dropout(x: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    """``nnx.Dropout`` with a traced ``rate`` (same mask for the same key and rate; rate 0 is identity)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, p=keep, shape=x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 def create(
@@ -170,9 +184,18 @@ def forward_flops(in_features: int, hidden_sizes: Sequence[int], n_classes: int)
     return sum(2 * a * b for a, b in itertools.pairwise(s))
 
 
-def apply(graphdef: nnx.GraphDef, params: nnx.State, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    """The network's raw outputs ``[batch, n_outputs]`` (logits, or standardised regression targets)."""
-    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key)
+def apply(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    x: jax.Array,
+    dropout_key: jax.Array | None = None,
+    dropout_rate: jax.Array | None = None,
+) -> jax.Array:
+    """The network's raw outputs ``[batch, n_outputs]`` (logits, or standardised regression targets).
+
+    ``dropout_rate``: a traced rate replacing the static one (a sweep member's own).
+    """
+    return nnx.merge(graphdef, params)(x, dropout_key=dropout_key, dropout_rate=dropout_rate)
 
 
 def probabilities_fn(graphdef: nnx.GraphDef) -> Callable[[nnx.State, jax.Array], jax.Array]:

@@ -46,7 +46,11 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainState(struct.PyTreeNode):
-    """Everything that changes during training, as one pytree (static: graphdef, tx)."""
+    """Everything that changes during training, as one pytree (static: graphdef, tx).
+
+    ``hparams``: traced per-run values the step reads (``"label_smoothing"``, ``"dropout"``),
+    set from the config, not checkpointed; empty by default (no leaves, nothing changes).
+    """
 
     step: jax.Array
     params: nnx.State
@@ -55,6 +59,7 @@ class TrainState(struct.PyTreeNode):
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     loss: str = struct.field(pytree_node=False, default="cross_entropy")  # or "mse" / "huber" (regression)
     huber_delta: float = struct.field(pytree_node=False, default=1.0)
+    hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
 
     def arrays(self) -> dict[str, Any]:
         """The checkpointable part (no static fields)."""
@@ -96,6 +101,8 @@ def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "c
     """
     graphdef, params = nnx.split(spec.create(config.seed))
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
+    ls = config.train.label_smoothing if task == "classification" else 0.0
+    hparams = {"label_smoothing": jnp.asarray(ls, jnp.float32)} if ls > 0 else {}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -104,16 +111,21 @@ def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "c
         tx=tx,
         loss=loss_name(config, task),
         huber_delta=config.train.huber_delta,
+        hparams=hparams,
     )
 
 
 # ----------------------------------------------------------------------------- pure steps
 
 
-def row_losses(state: TrainState, outputs: jax.Array, y: jax.Array) -> jax.Array:
-    """Loss per row ``[batch]``: cross-entropy on integer labels, or MSE / Huber averaged over targets."""
+def row_losses(state: TrainState, outputs: jax.Array, y: jax.Array, label_smoothing: jax.Array | None = None) -> jax.Array:
+    """Loss per row ``[batch]``: cross-entropy on integer labels (against smoothed one-hot labels when
+    ``label_smoothing`` is given: Szegedy et al. 2016), or MSE / Huber averaged over targets."""
     if state.loss == "cross_entropy":
-        return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+        if label_smoothing is None:
+            return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+        labels = optax.smooth_labels(jax.nn.one_hot(y, outputs.shape[-1], dtype=outputs.dtype), label_smoothing)
+        return optax.softmax_cross_entropy(outputs, labels)
     if state.loss == "huber":
         return jnp.mean(optax.huber_loss(outputs, y, delta=state.huber_delta), axis=-1)
     return jnp.mean(jnp.square(outputs - y), axis=-1)
@@ -131,8 +143,8 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainSt
     x, y = batch
 
     def loss_fn(params: nnx.State) -> tuple[jax.Array, jax.Array]:
-        outputs = model_lib.apply(state.graphdef, params, x, key)
-        return row_losses(state, outputs, y).mean(), outputs
+        outputs = model_lib.apply(state.graphdef, params, x, key, state.hparams.get("dropout"))
+        return row_losses(state, outputs, y, state.hparams.get("label_smoothing")).mean(), outputs
 
     (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)

@@ -1,0 +1,688 @@
+"""Many MLPs trained as one compiled program: stacked states, a vmapped step, per-member stopping.
+
+A sweep (``sweep.<key>=<values>`` in the config, see :class:`mlp_jax.config.SweepConfig`)
+expands to members (:func:`expand`: a grid, or ``sweep.samples`` random draws). Members
+whose configs differ only in *value keys* (:data:`VALUE_KEYS`: learning rate, weight decay,
+dropout, label smoothing, seed) and *host keys* (:data:`HOST_KEYS`: patience, min_delta)
+share one program: their train states are stacked along a leading member axis and the
+scan-fused epoch ``vmap``s :func:`mlp_jax.train.train_step` over it. Learning rate and
+weight decay live in the optimiser state (``optax.inject_hyperparams``), dropout rate and
+label smoothing in ``TrainState.hparams``, so each member reads its own. Keys that change
+shapes or the program (hidden sizes, batch size, epochs, optimiser name...) split the
+members into groups, trained one after the other, one compilation each.
+
+Each member has its own early stopping, shuffling and dropout keys
+(``epoch_key(member seed, epoch)``, as in a single run). A stopped member is frozen:
+the epoch computes it with the others and ``jnp.where(active, new, old)`` keeps its old
+state, so nothing recompiles. A member whose train or validation loss is NaN/inf stops
+with reason ``non-finite``; its best parameters stay the last finite best. Per-member
+metric sums reach the host once per epoch (one ``device_get``).
+
+Devices: *members* are sharded over a 1-D ``members`` mesh and the training rows are
+replicated on every device, so a step needs no collective at all. Sharding batches
+instead would all-reduce every member's gradients on every step (K models' traffic for a
+step that is already tiny for these MLPs), and it would make results depend on the device
+count; the price of member sharding is that a member must fit one device (these do) and
+that K is padded to a multiple of the devices used with frozen copies (the device count is
+chosen to keep that padding small). Single process only.
+
+Checkpoints: one Orbax manager per group (``<workdir>/group-<g>``) holding the stacked
+train arrays and every member's best parameters (unpadded, so a run resumes on another
+device count), plus JSON metadata with the members, their values, stopper state, stop
+reasons and histories. The epoch keys are pure functions of (seed, epoch), so a resume
+replays exactly what an uninterrupted run does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from orbax.checkpoint import checkpoint_managers
+
+from mlp_jax import model as model_lib
+from mlp_jax import optim, train
+from mlp_jax.artifact import NetworkSpec
+from mlp_jax.config import (
+    Config,
+    ConfigError,
+    SweepConfig,
+    diff,
+    from_dict,
+    sweep_axes,
+    to_flat_dict,
+    to_json,
+    validate,
+    with_values,
+)
+from mlp_jax.data import Dataset
+
+#: Per-member arrays inside one program.
+VALUE_KEYS = ("optim.learning_rate", "optim.weight_decay", "model.dropout", "train.label_smoothing", "seed")
+#: Per-member settings that only the host loop reads.
+HOST_KEYS = ("train.patience", "train.min_delta")
+#: Keys that may change between a sweep and its resume.
+RESUMABLE_KEYS = (
+    "train.epochs",
+    "train.progress",
+    "train.num_devices",
+    "train.checkpoint_every",
+    "dist.",
+    "tracking.",
+    "workdir",
+)
+STOP_REASONS = ("patience", "non-finite", "budget")
+META_FORMAT = 1
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot run or resume; the message says why."""
+
+
+# ----------------------------------------------------------------------------- members
+
+
+@dataclass(frozen=True)
+class Member:
+    """One point of the sweep: its index, swept values and full config (``sweep`` cleared)."""
+
+    index: int
+    values: dict[str, Any]
+    config: Config
+
+
+def expand(config: Config) -> list[Member]:
+    """The members of ``config.sweep``: the cartesian product, or ``sweep.samples`` draws.
+
+    Random draws (seeded by ``config.seed``): a list picks uniformly; a range of ints draws
+    uniformly from ``low..high`` inclusive; a range of floats draws log-uniformly when
+    ``0 < low`` and ``high / low > 10``, uniformly otherwise.
+
+    Raises:
+      ConfigError: no axes, or an invalid spec (see :func:`mlp_jax.config.sweep_axes`).
+    """
+    axes = sweep_axes(config)
+    if not axes:
+        raise ConfigError(
+            "sweep: nothing to sweep; give sweep.<key>=<values> (e.g. sweep.optim.learning_rate=1e-3,3e-3)"
+        )
+    base = dataclasses.replace(config, sweep=SweepConfig())
+    if config.sweep.samples == 0:
+        combos = [
+            dict(zip([a.key for a in axes], vals, strict=True)) for vals in itertools.product(*(a.values for a in axes))
+        ]
+    else:
+        rng = np.random.default_rng(config.seed)
+        combos = [{a.key: _draw(a, rng) for a in axes} for _ in range(config.sweep.samples)]
+    members = []
+    for i, values in enumerate(combos):
+        member = with_values(base, values)
+        validate(member)
+        members.append(Member(i, values, member))
+    return members
+
+
+def _draw(axis: Any, rng: np.random.Generator) -> Any:
+    if not axis.is_range:
+        return axis.values[int(rng.integers(len(axis.values)))]
+    lo, hi = axis.low, axis.high
+    if isinstance(lo, int):
+        return int(rng.integers(lo, hi + 1))
+    if lo > 0 and hi / lo > 10:
+        return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    return float(rng.uniform(lo, hi))
+
+
+def static_key(config: Config) -> str:
+    """What must match for two members to share a program (everything but value and host keys)."""
+    flat = to_flat_dict(config)
+    return json.dumps({k: v for k, v in flat.items() if k not in VALUE_KEYS + HOST_KEYS}, sort_keys=True, default=str)
+
+
+def group_members(members: Sequence[Member]) -> list[list[Member]]:
+    """Members grouped by :func:`static_key`, groups in order of their first member."""
+    groups: dict[str, list[Member]] = {}
+    for m in members:
+        groups.setdefault(static_key(m.config), []).append(m)
+    return list(groups.values())
+
+
+# ----------------------------------------------------------------------------- stacked state
+
+
+def create_states(
+    members: Sequence[Member], swept: Sequence[str], spec: NetworkSpec, n_train: int, task: str = "classification"
+) -> train.TrainState:
+    """The members' fresh train states stacked along a leading axis (one graphdef, one tx).
+
+    ``swept``: the swept keys; a swept dropout rate or label smoothing becomes a traced
+    per-member value (an unswept one stays as a single run has it).
+    """
+    cfg0 = members[0].config
+    tc = cfg0.train
+    spe = max(train.steps_per_epoch(n_train, tc.batch_size), 1)
+    decay = any(m.config.optim.weight_decay > 0 for m in members)
+    tx = optim.make_injectable(cfg0.optim, spe, tc.epochs, decay=decay)
+    graphdef = None
+    states = []
+    for m in members:
+        c = m.config
+        gd, params = nnx.split(spec.create(c.seed))
+        graphdef = graphdef or gd
+        opt_state = tx.init(params)
+        opt_state = opt_state._replace(
+            hyperparams={
+                "learning_rate": jnp.asarray(c.optim.learning_rate, jnp.float32),
+                "weight_decay": jnp.asarray(c.optim.weight_decay, jnp.float32),
+            }
+        )
+        hparams = {}
+        if "model.dropout" in swept:
+            hparams["dropout"] = jnp.asarray(c.model.dropout, jnp.float32)
+        if "train.label_smoothing" in swept or any(x.config.train.label_smoothing > 0 for x in members):
+            hparams["label_smoothing"] = jnp.asarray(c.train.label_smoothing, jnp.float32)
+        states.append(
+            train.TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                opt_state=opt_state,
+                graphdef=graphdef,
+                tx=tx,
+                loss=train.loss_name(c, task),
+                huber_delta=c.train.huber_delta,
+                hparams=hparams,
+            )
+        )
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def _rows(mask: jax.Array, a: jax.Array) -> jax.Array:
+    return jnp.reshape(mask, mask.shape + (1,) * (a.ndim - 1))
+
+
+def freeze(active: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` for active members, ``old`` for the others (leaves stacked along axis 0)."""
+    return jax.tree.map(lambda n, o: jnp.where(_rows(active, n), n, o), new, old)
+
+
+def make_sweep_epoch(batch_size: int, n_rows: int) -> Callable:
+    """``epoch(states, active, x, y, keys) -> (states, metric sums [K])``, jitted, states donated.
+
+    Member k shuffles and drops out with ``keys[k]`` exactly as ``train.make_train_epoch``
+    does with its key, so a member follows the same batches as a single run of its config.
+    """
+    steps = n_rows // batch_size
+
+    def epoch(states: train.TrainState, active: jax.Array, x: jax.Array, y: jax.Array, keys: jax.Array):
+        def member_plan(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+            shuffle_key, dropout_key = jax.random.split(key)
+            order = train.shuffle_indices(shuffle_key, n_rows)[: steps * batch_size].reshape(steps, batch_size)
+            return order, jax.random.split(dropout_key, steps)
+
+        order, step_keys = jax.vmap(member_plan)(keys)  # [K, steps, batch], [K, steps]
+
+        def member_step(state: train.TrainState, idx: jax.Array, key: jax.Array):
+            return train.train_step(state, (x[idx], y[idx]), key)
+
+        def body(s: train.TrainState, inputs: tuple[jax.Array, jax.Array]):
+            return jax.vmap(member_step)(s, *inputs)
+
+        new, metrics = jax.lax.scan(body, states, (jnp.swapaxes(order, 0, 1), jnp.swapaxes(step_keys, 0, 1)))
+        return freeze(active, new, states), jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_sweep_evaluate() -> Callable:
+    """``evaluate(states, x, y, mask) -> metric sums [K]`` over pre-batched validation arrays."""
+
+    def evaluate(states: train.TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
+        def body(carry: None, batch: tuple[jax.Array, jax.Array, jax.Array]):
+            return carry, jax.vmap(train.eval_step, in_axes=(0, None))(states, batch)
+
+        _, metrics = jax.lax.scan(body, None, (x, y, mask))
+        return jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
+
+    return jax.jit(evaluate)
+
+
+@partial(jax.jit, donate_argnums=0)
+def _keep_best(best: nnx.State, params: nnx.State, improved: jax.Array) -> nnx.State:
+    return freeze(improved, params, best)
+
+
+@jax.jit
+def _epoch_keys(seeds: jax.Array, epoch: jax.Array) -> jax.Array:
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), epoch))(seeds)  # = train.epoch_key per member
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class MemberResult:
+    index: int
+    group: int
+    values: dict[str, Any]
+    best_val_loss: float  # inf when no epoch ended with a finite loss
+    best_epoch: int  # 0 = the initial parameters
+    epochs_run: int
+    stopped: str  # one of STOP_REASONS
+    history: list[dict[str, Any]]
+
+    def row(self) -> dict[str, Any]:
+        """The table row (JSON-able: tuples as lists, inf as None)."""
+        return {
+            "member": self.index,
+            "group": self.group,
+            "values": {k: list(v) if isinstance(v, tuple) else v for k, v in self.values.items()},
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "stopped": self.stopped,
+        }
+
+
+@dataclass
+class GroupResult:
+    config: Config  # the first member's config (the static part is shared)
+    members: tuple[int, ...]  # global member indices, in stack order
+    state: train.TrainState  # stacked, after the last epoch run
+    best_params: nnx.State  # stacked best parameters, one row per member
+
+    @property
+    def graphdef(self) -> nnx.GraphDef:
+        return self.state.graphdef
+
+
+@dataclass
+class SweepResult:
+    members: list[MemberResult]
+    groups: list[GroupResult]
+    compile_seconds: float = 0.0
+    train_seconds: float = 0.0
+    n_devices: int = 1
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [m.row() for m in self.members]
+
+    def locate(self, index: int) -> tuple[GroupResult, int]:
+        """The group holding member ``index`` and its row in that group's stack."""
+        g = self.groups[self.members[index].group]
+        return g, g.members.index(index)
+
+    def params_of(self, index: int) -> tuple[nnx.GraphDef, nnx.State]:
+        """Member ``index``'s best parameters (unstacked) and graph definition."""
+        g, row = self.locate(index)
+        return g.graphdef, jax.tree.map(lambda a: a[row], g.best_params)
+
+    def predict(self, x: np.ndarray, members: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean probs, std across members)`` of ``members`` (any groups) on ``x``."""
+        return _mean_std(np.concatenate([p for p in self._probs(x, members)], axis=0))
+
+    def _probs(self, x: np.ndarray, members: Sequence[int]) -> list[np.ndarray]:
+        out = []
+        for gi, g in enumerate(self.groups):
+            rows = [g.members.index(i) for i in members if self.members[i].group == gi]
+            if rows:
+                out.append(member_probs(g.graphdef, g.best_params, x, rows))
+        if not out:
+            raise ValueError("predict: no members given")
+        return out
+
+
+def top_k(result: SweepResult, k: int) -> list[MemberResult]:
+    """The ``k`` members with the lowest best validation loss (finite ones only), best first."""
+    ranked = sorted(
+        (m for m in result.members if math.isfinite(m.best_val_loss)), key=lambda m: (m.best_val_loss, m.index)
+    )
+    return ranked[:k]
+
+
+@partial(jax.jit, static_argnums=0)
+def _probs_all(graphdef: nnx.GraphDef, stacked: nnx.State, x: jax.Array) -> jax.Array:
+    return jax.vmap(lambda p: jax.nn.softmax(model_lib.apply(graphdef, p, x), axis=-1))(stacked)
+
+
+def member_probs(
+    graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None
+) -> np.ndarray:
+    """Class probabilities ``[len(members), n, classes]`` of rows ``members`` of a stack."""
+    if members is not None:
+        idx = np.asarray(members, np.int32)
+        stacked_params = jax.tree.map(lambda a: a[idx], stacked_params)
+    return np.asarray(_probs_all(graphdef, stacked_params, jnp.asarray(x, jnp.float32)))
+
+
+def _mean_std(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return probs.mean(axis=0), probs.std(axis=0)
+
+
+def ensemble_predict(
+    graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean probs [n, classes], std across members [n, classes])`` of stacked members.
+
+    ``members``: rows of the stack (default: all). The std is the members' disagreement.
+    """
+    return _mean_std(member_probs(graphdef, stacked_params, x, members))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class _Store:
+    """An Orbax manager for one group: ``state`` (stacked arrays + best params) and JSON ``meta``."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory.resolve()
+        options = ocp.CheckpointManagerOptions(preservation_policy=checkpoint_managers.LatestN(2), create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, tree: Any, meta: dict[str, Any]) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), template)
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        out = self.manager.restore(step, args=args)
+        return out["state"], out["meta"]
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _stopper_dict(s: train.EarlyStopping) -> dict[str, Any]:
+    return {"best_loss": _jsonable(s.best_loss), "best_epoch": s.best_epoch, "bad_epochs": s.bad_epochs}
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class EpochReport:
+    """What ``on_epoch`` receives after each epoch of a group (after any checkpoint)."""
+
+    group: int
+    epoch: int
+    rows: dict[int, dict[str, Any]]  # member index -> metrics of the members trained this epoch
+    active: list[int]  # members still training
+    stopped: dict[int, str]  # member index -> reason, for members that stopped this epoch
+
+
+def _member_devices(n_members: int, num_devices: int) -> tuple[int, int]:
+    """(devices used, padded member count): as few padding members as the per-device load allows."""
+    available = len(jax.devices())
+    wanted = available if num_devices == 0 else num_devices
+    if wanted > available:
+        raise ConfigError(f"train.num_devices: {wanted} requested but only {available} device(s) visible")
+    per_device = math.ceil(n_members / wanted)
+    used = math.ceil(n_members / per_device)
+    return used, used * per_device
+
+
+def _pad(tree: Any, n: int) -> Any:
+    """Appends copies of row 0 up to ``n`` rows (frozen padding members)."""
+    return jax.tree.map(
+        lambda a: jnp.concatenate([a, jnp.repeat(a[:1], n - a.shape[0], axis=0)]) if n > a.shape[0] else a, tree
+    )
+
+
+def run_sweep(
+    config: Config,
+    dataset: Dataset,
+    workdir: str | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> SweepResult:
+    """Trains every member of ``config.sweep``; resumes from ``workdir`` when it holds checkpoints.
+
+    ``on_epoch`` is called after every epoch (after its checkpoint); an exception from it
+    stops the sweep with the checkpoints kept (how tests simulate a crash).
+
+    Raises:
+      ConfigError: invalid sweep, or a batch larger than the training set.
+      SweepError: a resume against a checkpoint of another sweep or other data.
+    """
+    if jax.process_count() > 1:
+        raise SweepError("sweeps run in one process (members are sharded over its local devices)")
+    if dataset.task != "classification":
+        raise SweepError("sweeps train classification tables for now (the ensemble averages probabilities)")
+    members = expand(config)
+    swept = [a.key for a in sweep_axes(config)]
+    groups = group_members(members)
+    n_train = len(dataset.y_train)
+    for g in groups:
+        if n_train < g[0].config.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows"
+            )
+
+    results: dict[int, MemberResult] = {}
+    group_results: list[GroupResult] = []
+    timings = {"compile": 0.0, "train": 0.0, "checkpoint": 0.0}
+    n_dev_max = 1
+    for gi, group in enumerate(groups):
+        gres, mres, t, n_dev = _run_group(config, gi, group, swept, dataset, workdir, on_epoch)
+        group_results.append(gres)
+        results.update({m.index: m for m in mres})
+        for k in timings:
+            timings[k] += t[k]
+        n_dev_max = max(n_dev_max, n_dev)
+    return SweepResult(
+        members=[results[m.index] for m in members],
+        groups=group_results,
+        compile_seconds=timings["compile"],
+        train_seconds=timings["train"],
+        n_devices=n_dev_max,
+        timings=timings,
+    )
+
+
+def _run_group(
+    config: Config,
+    gi: int,
+    group: list[Member],
+    swept: list[str],
+    dataset: Dataset,
+    workdir: str | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> tuple[GroupResult, list[MemberResult], dict[str, float], int]:
+    cfg0 = group[0].config
+    tc = cfg0.train
+    k = len(group)
+    n_train = len(dataset.y_train)
+    n_dev, k_pad = _member_devices(k, config.train.num_devices)
+    mesh = jax.make_mesh(
+        (n_dev,), ("members",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n_dev]
+    )
+    by_member, replicated = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
+
+    states = create_states(group, swept, train.network_spec(group[0].config, dataset), n_train, dataset.task)
+    best = states.params
+    stoppers = [train.EarlyStopping(m.config.train.patience, m.config.train.min_delta) for m in group]
+    reasons: list[str | None] = [None] * k
+    histories: list[list[dict[str, Any]]] = [[] for _ in group]
+    start = 0
+    timings = {"compile": 0.0, "train": 0.0, "checkpoint": 0.0}
+
+    store = _Store(Path(workdir) / f"group-{gi}") if workdir else None
+    member_meta = [{"index": m.index, "values": {kk: _jsonable(v) for kk, v in m.values.items()}} for m in group]
+    if store is not None and store.latest_step() is not None:
+        step = store.latest_step()
+        tree, meta = store.restore(step, {"train": states.arrays(), "best_params": best})
+        _check_resume(meta, config, member_meta, dataset, store.directory, step)
+        states, best = states.with_arrays(tree["train"]), tree["best_params"]
+        for s, d in zip(stoppers, meta["stoppers"], strict=True):
+            s.best_loss = math.inf if d["best_loss"] is None else d["best_loss"]
+            s.best_epoch, s.bad_epochs = d["best_epoch"], d["bad_epochs"]
+        reasons, histories, start = meta["reasons"], meta["histories"], step
+
+    try:
+        states = jax.device_put(_pad(states, k_pad), by_member)
+        best = jax.tree.map(jnp.copy, jax.device_put(_pad(best, k_pad), by_member))  # never alias the donated state
+        x_train = jax.device_put(dataset.x_train, replicated)
+        y_train = jax.device_put(dataset.y_train, replicated)
+        val = jax.device_put(train.batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size), replicated)
+        seeds = jax.device_put(
+            np.asarray([m.config.seed for m in group] + [group[0].config.seed] * (k_pad - k), np.int32), by_member
+        )
+        active = np.asarray([r is None for r in reasons] + [False] * (k_pad - k))
+
+        t0 = time.perf_counter()
+        keys0 = _epoch_keys(seeds, jnp.int32(0))
+        active_dev = jax.device_put(active, by_member)
+        train_epoch = (
+            make_sweep_epoch(tc.batch_size, n_train).lower(states, active_dev, x_train, y_train, keys0).compile()
+        )
+        evaluate = make_sweep_evaluate().lower(states, *val).compile()
+        timings["compile"] = time.perf_counter() - t0
+
+        epoch = start
+        for epoch in range(start + 1, tc.epochs + 1):
+            if not active.any():
+                break
+            t = time.perf_counter()
+            keys = _epoch_keys(seeds, jnp.int32(epoch))
+            states, sums = train_epoch(states, jax.device_put(active, by_member), x_train, y_train, keys)
+            val_sums = evaluate(states, *val)
+            sums, val_sums = jax.device_get((sums, val_sums))  # the one host transfer of the epoch
+            improved = np.zeros(k_pad, bool)
+            rows, stopped_now = {}, {}
+            for j, m in enumerate(group):
+                if not active[j]:
+                    continue
+                tr = train.finalize({n: v[j] for n, v in sums.items()})
+                va = train.finalize({n: v[j] for n, v in val_sums.items()})
+                row = {
+                    "epoch": epoch,
+                    "train_loss": tr["loss"],
+                    "train_accuracy": tr["accuracy"],
+                    "val_loss": va["loss"],
+                    "val_accuracy": va["accuracy"],
+                }
+                if not (math.isfinite(tr["loss"]) and math.isfinite(va["loss"])):
+                    reasons[j] = "non-finite"
+                    row = {n: _jsonable(v) for n, v in row.items()}
+                elif stoppers[j].update(epoch, va["loss"]):
+                    improved[j] = True
+                if reasons[j] is None and stoppers[j].should_stop:
+                    reasons[j] = "patience"
+                histories[j].append(row)
+                rows[m.index] = row
+                if reasons[j] is not None:
+                    active[j] = False
+                    stopped_now[m.index] = reasons[j]
+            if improved.any():
+                best = _keep_best(best, states.params, jax.device_put(improved, by_member))
+            jax.block_until_ready(best)
+            timings["train"] += time.perf_counter() - t
+
+            last = epoch == tc.epochs or not active.any()
+            if store is not None and (epoch % config.train.checkpoint_every == 0 or last):
+                tc0 = time.perf_counter()
+                unpadded = jax.tree.map(lambda a: a[:k], {"train": states.arrays(), "best_params": best})
+                meta = {
+                    "format": META_FORMAT,
+                    "config": json.loads(to_json(config)),
+                    "group": gi,
+                    "members": member_meta,
+                    "data": {"source": dataset.source, "digest": dataset.digest},
+                    "stoppers": [_stopper_dict(s) for s in stoppers],
+                    "reasons": reasons,
+                    "histories": histories,
+                }
+                store.save(epoch, unpadded, meta)
+                timings["checkpoint"] += time.perf_counter() - tc0
+            if on_epoch is not None:
+                on_epoch(EpochReport(gi, epoch, rows, [m.index for j, m in enumerate(group) if active[j]], stopped_now))
+    finally:
+        if store is not None:
+            tc0 = time.perf_counter()
+            store.close()
+            timings["checkpoint"] += time.perf_counter() - tc0
+
+    final = jax.tree.map(lambda a: a[:k], states)
+    best = jax.tree.map(lambda a: a[:k], best)
+    mres = []
+    for j, m in enumerate(group):
+        s = stoppers[j]
+        mres.append(
+            MemberResult(
+                index=m.index,
+                group=gi,
+                values=m.values,
+                best_val_loss=s.best_loss,
+                best_epoch=s.best_epoch,
+                epochs_run=histories[j][-1]["epoch"] if histories[j] else 0,
+                stopped=reasons[j] or "budget",
+                history=histories[j],
+            )
+        )
+    return GroupResult(cfg0, tuple(m.index for m in group), final, best), mres, timings, n_dev
+
+
+def _check_resume(
+    meta: dict[str, Any], config: Config, member_meta: list, dataset: Dataset, where: Path, step: int
+) -> None:
+    if meta.get("format") != META_FORMAT:
+        raise SweepError(f"{where}/{step}: sweep checkpoint format {meta.get('format')!r}, expected {META_FORMAT}")
+    if meta["data"]["digest"] != dataset.digest:
+        raise SweepError(f"refusing to resume {where} (epoch {step}): the data changed ({meta['data']['source']})")
+    differing = diff(from_dict(meta["config"]), config, ignore=RESUMABLE_KEYS)
+    if differing or meta["members"] != json.loads(json.dumps(member_meta)):
+        raise SweepError(
+            f"refusing to resume {where} (epoch {step}): the sweep differs"
+            f"{' in ' + ', '.join(differing) if differing else ' in its members'}; use another workdir"
+        )
+
+
+__all__ = [
+    "HOST_KEYS",
+    "VALUE_KEYS",
+    "EpochReport",
+    "GroupResult",
+    "Member",
+    "MemberResult",
+    "SweepError",
+    "SweepResult",
+    "create_states",
+    "ensemble_predict",
+    "expand",
+    "freeze",
+    "group_members",
+    "make_sweep_epoch",
+    "make_sweep_evaluate",
+    "member_probs",
+    "run_sweep",
+    "static_key",
+    "top_k",
+]

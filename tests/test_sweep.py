@@ -1,0 +1,262 @@
+"""Sweeps: spec parsing, members equal single runs, masking, NaN members, resume, ensembles, 8 devices."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mlp_jax import config as C
+from mlp_jax import data as D
+from mlp_jax import sweep as S
+from mlp_jax import train as T
+from tests.helpers import ROOT, tiny_config
+
+
+def _sweep_config(tmp_path, csv, **overrides):
+    items = {"train.epochs": "2", "train.patience": "0", "train.checkpoint_every": "1", **overrides}
+    return tiny_config(tmp_path, csv, **items)
+
+
+def _leaves(tree):
+    return [np.asarray(a) for a in jax.tree.leaves(tree)]
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def test_grid_is_the_typed_cartesian_product():
+    cfg = C.apply_overrides(
+        C.Config(),
+        ["sweep.optim.learning_rate=1e-3,3e-3", "sweep.seed=0,1,2", "sweep.model.hidden_sizes=16,8/32"],
+    )
+    members = S.expand(cfg)
+    assert len(members) == 2 * 3 * 2
+    assert members[0].values == {"optim.learning_rate": 1e-3, "seed": 0, "model.hidden_sizes": (16, 8)}
+    assert members[-1].config.model.hidden_sizes == (32,) and members[-1].config.seed == 2
+    assert all(m.config.sweep == C.SweepConfig() for m in members)
+    assert isinstance(members[0].values["seed"], int)
+    assert C.from_json(C.to_json(cfg)) == cfg  # the sweep rides in the stored config
+    groups = S.group_members(members)  # hidden sizes change shapes: one program per shape
+    assert [len(g) for g in groups] == [6, 6]
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ("sweep.optim.learnig_rate=1e-3", r"did you mean sweep\.optim\.learning_rate"),
+        ("sweep.optim.learning_rate=", r"sweep\.optim\.learning_rate: empty value list"),
+        ("sweep.optim.learning_rate=1e-3,,2e-3", r"empty item"),
+        ("sweep.optim.learning_rate=1e-3,abc", r"sweep\.optim\.learning_rate: expected float, got 'abc'"),
+        ("sweep.seed=0,1.5", r"sweep\.seed: expected int"),
+        ("sweep.optim.learning_rate=0,1e-3", r"optim\.learning_rate: must be > 0"),
+        ("sweep.optim.learning_rate=1e-2:1e-4", r"needs low < high"),
+        ("sweep.optim.learning_rate=1e-4:1e-2", r"needs sweep\.samples"),
+        ("sweep.optim.learning_rate=1e-3,1e-3", r"duplicate"),
+        ("sweep.data.path=a.csv,b.csv", r"cannot be swept"),
+        ("sweep.optim.name=adam,lion", r"not one of"),
+    ],
+)
+def test_malformed_specs_are_named_errors(item, match):
+    with pytest.raises(C.ConfigError, match=match):
+        C.apply_overrides(C.Config(), [item])
+
+
+def test_random_draws_are_seeded_and_within_ranges():
+    items = ["sweep.samples=40", "sweep.optim.learning_rate=1e-5:1e-1", "sweep.model.dropout=0:0.5", "sweep.seed=0:3"]
+    a = S.expand(C.apply_overrides(C.Config(), items))
+    b = S.expand(C.apply_overrides(C.Config(), items))
+    assert [m.values for m in a] == [m.values for m in b]
+    c = S.expand(C.apply_overrides(C.Config(), [*items, "seed=1"]))
+    assert [m.values for m in a] != [m.values for m in c]
+    lrs = np.array([m.values["optim.learning_rate"] for m in a])
+    assert lrs.min() >= 1e-5 and lrs.max() <= 1e-1
+    assert (lrs < 1e-3).sum() >= 10  # log-uniform: half the draws below the geometric middle
+    assert all(0 <= m.values["model.dropout"] <= 0.5 for m in a)
+    assert {m.values["seed"] for m in a} <= {0, 1, 2, 3}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_members_equal_single_runs(tmp_path, tiny_csv):
+    cfg = _sweep_config(
+        tmp_path,
+        tiny_csv,
+        **{
+            "optim.name": "adam",
+            "sweep.optim.learning_rate": "1e-3,1e-2",
+            "sweep.model.dropout": "0,0.2",
+            "sweep.optim.weight_decay": "0,1e-3",
+            "sweep.seed": "0,1",
+        },
+    )
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = S.run_sweep(cfg, ds)
+    assert len(result.members) == 16 and len(result.groups) == 1
+    for index in (0, 15):  # (1e-3, dropout 0, wd 0, seed 0), (1e-2, dropout 0.2, wd 1e-3, seed 1)
+        member = result.members[index]
+        single = T.fit(
+            C.with_values(dataclasses.replace(cfg, sweep=C.SweepConfig()), member.values), ds, progress=False
+        )
+        _, best = result.params_of(index)
+        for a, b in zip(_leaves(single.best_params), _leaves(best), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        for h1, h2 in zip(single.history, member.history, strict=True):
+            assert h2["val_loss"] == pytest.approx(h1["val_loss"], rel=1e-5)
+            assert h2["train_loss"] == pytest.approx(h1["train_loss"], rel=1e-5)
+
+
+def test_frozen_members_keep_their_state(tiny_csv):
+    cfg = C.apply_overrides(C.Config(), [f"data.path={tiny_csv}", "model.hidden_sizes=8", "sweep.seed=0,1,2"])
+    ds = D.prepare(cfg.data, cfg.seed)
+    members = S.expand(cfg)
+    states = S.create_states(members, ["seed"], T.network_spec(members[0].config, ds), len(ds.y_train))
+    before = jax.tree.map(np.asarray, states)
+    keys = jax.vmap(lambda s: T.epoch_key(s, 1))(jnp.arange(3))
+    epoch = S.make_sweep_epoch(32, len(ds.y_train))
+    after, sums = epoch(states, jnp.array([True, False, True]), ds.x_train, ds.y_train, keys)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(a[1], np.asarray(b)[1])  # frozen: bitwise the same
+    moved = [
+        not np.array_equal(a[k], np.asarray(b)[k])
+        for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True)
+        for k in (0, 2)
+    ]
+    assert all(moved)
+    assert sums["loss_sum"].shape == (3,)
+
+
+def test_non_finite_member_stops_and_others_finish(tmp_path, tiny_csv):
+    cfg = _sweep_config(
+        tmp_path, tiny_csv, **{"train.epochs": "3", "optim.name": "sgd", "sweep.optim.learning_rate": "0.05,1e6"}
+    )
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = S.run_sweep(cfg, ds)
+    good, bad = result.members
+    assert good.stopped == "budget" and good.epochs_run == 3 and math.isfinite(good.best_val_loss)
+    assert bad.stopped == "non-finite" and bad.epochs_run < 3
+    assert bad.history[-1]["val_loss"] is None or bad.history[-1]["train_loss"] is None
+    _, best = result.params_of(1)
+    assert all(np.isfinite(a).all() for a in _leaves(best))  # the last finite best (or the initial params)
+    steps = T.steps_per_epoch(len(ds.y_train), cfg.train.batch_size)
+    np.testing.assert_array_equal(np.asarray(result.groups[0].state.step), [3 * steps, bad.epochs_run * steps])
+    assert [m.index for m in S.top_k(result, 5)] == ([0, 1] if math.isfinite(bad.best_val_loss) else [0])
+
+
+def test_patience_is_per_member(tmp_path, tiny_csv):
+    cfg = _sweep_config(
+        tmp_path, tiny_csv, **{"train.epochs": "30", "optim.learning_rate": "0.05", "sweep.train.patience": "1,0"}
+    )
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = S.run_sweep(cfg, ds)
+    impatient, patient = result.members
+    assert impatient.stopped == "patience" and impatient.epochs_run < 30
+    assert impatient.epochs_run - impatient.best_epoch == 1
+    assert patient.stopped == "budget" and patient.epochs_run == 30
+    steps = T.steps_per_epoch(len(ds.y_train), cfg.train.batch_size)
+    assert int(result.groups[0].state.step[0]) == impatient.epochs_run * steps  # frozen after it stopped
+
+
+def test_resume_after_a_crash_is_bitwise(tmp_path, tiny_csv):
+    overrides = {
+        "train.epochs": "5",
+        "optim.learning_rate": "0.02",
+        "sweep.train.patience": "1,3",
+        "sweep.seed": "0,1",
+        "sweep.model.hidden_sizes": "8/16,8",
+    }
+    ds = D.prepare(C.apply_overrides(C.Config(), [f"data.path={tiny_csv}"]).data, 0)
+    straight = S.run_sweep(_sweep_config(tmp_path / "a", tiny_csv, **overrides), ds, str(tmp_path / "a" / "w"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_epoch_3_of_group_0(report: S.EpochReport) -> None:
+        if report.group == 0 and report.epoch == 3:
+            raise Crash
+
+    cfg = _sweep_config(tmp_path / "b", tiny_csv, **overrides)
+    with pytest.raises(Crash):
+        S.run_sweep(cfg, ds, str(tmp_path / "b" / "w"), on_epoch=crash_at_epoch_3_of_group_0)
+    resumed = S.run_sweep(cfg, ds, str(tmp_path / "b" / "w"))
+    assert straight.table() == resumed.table()
+    assert [m.history for m in straight.members] == [m.history for m in resumed.members]
+    for g1, g2 in zip(straight.groups, resumed.groups, strict=True):
+        for a, b in zip(
+            _leaves((g1.state.arrays(), g1.best_params)), _leaves((g2.state.arrays(), g2.best_params)), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    again = S.run_sweep(cfg, ds, str(tmp_path / "b" / "w"))  # finished: restores, trains nothing
+    assert again.table() == straight.table()
+    changed = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, learning_rate=0.03))
+    with pytest.raises(S.SweepError, match=r"optim\.learning_rate"):
+        S.run_sweep(changed, ds, str(tmp_path / "b" / "w"))
+
+
+def test_ensemble_mean_std_and_top_k(tmp_path, tiny_csv):
+    cfg = _sweep_config(tmp_path, tiny_csv, **{"sweep.seed": "0,1,2"})
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = S.run_sweep(cfg, ds)
+    g = result.groups[0]
+    x = ds.x_test[:50]
+    mean, std = S.ensemble_predict(g.graphdef, g.best_params, x, [0, 2])
+    p0 = np.asarray(T.predict_proba_fn(g.graphdef)(result.params_of(0)[1], x))
+    p2 = np.asarray(T.predict_proba_fn(g.graphdef)(result.params_of(2)[1], x))
+    assert mean.shape == std.shape == (50, ds.n_classes)
+    np.testing.assert_allclose(mean, (p0 + p2) / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, np.abs(p0 - p2) / 2, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(mean.sum(axis=1), 1.0, rtol=1e-5)
+    _, same_std = S.ensemble_predict(g.graphdef, g.best_params, x, [1, 1])
+    np.testing.assert_allclose(same_std, 0.0, atol=1e-7)
+    np.testing.assert_allclose(result.predict(x, [0, 2])[0], mean, rtol=1e-6)
+    ranked = S.top_k(result, 2)
+    assert len(ranked) == 2 and ranked[0].best_val_loss <= ranked[1].best_val_loss
+    assert ranked[0].best_val_loss == min(m.best_val_loss for m in result.members)
+
+
+# ----------------------------------------------------------------------------- devices
+
+_EIGHT_DEVICES = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    from mlp_jax import config as C, data as D, sweep as S
+    cfg = C.apply_overrides(C.Config(), sys.argv[1:])
+    ds = D.prepare(cfg.data, cfg.seed)
+    r = S.run_sweep(cfg, ds)
+    print(json.dumps({"n_devices": r.n_devices, "devices": len(jax.devices()), "table": r.table(),
+                      "histories": [m.history for m in r.members]}))
+    """
+)
+
+
+def test_members_sharded_over_eight_devices_match_one(tmp_path, tiny_csv):
+    items = [
+        f"data.path={tiny_csv}",
+        "model.hidden_sizes=16,8",
+        "train.epochs=2",
+        "train.batch_size=32",
+        "train.patience=0",
+        "sweep.optim.learning_rate=1e-3,1e-2",
+        "sweep.seed=0,1,2,3,4,5",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(
+        [sys.executable, "-c", _EIGHT_DEVICES, *items], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    eight = json.loads(out.stdout.strip().splitlines()[-1])
+    assert eight["devices"] == 8 and eight["n_devices"] == 6  # 12 members: 2 per device on 6, no padding
+    cfg = C.apply_overrides(C.Config(), items)
+    one = S.run_sweep(cfg, D.prepare(cfg.data, cfg.seed))
+    for h8, h1 in zip(eight["histories"], [m.history for m in one.members], strict=True):
+        np.testing.assert_allclose([h["val_loss"] for h in h8], [h["val_loss"] for h in h1], rtol=1e-5)
+    assert [r["stopped"] for r in eight["table"]] == [m.stopped for m in one.members]
