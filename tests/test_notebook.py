@@ -55,6 +55,9 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(jupyter))
+    # The kernel and the tracked run start in temporary folders: put this checkout's mlp_jax and
+    # experiments first on their path, not whichever copy the interpreter has installed.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     assert KernelSpecManager().get_kernel_spec(KERNEL).argv[0] == sys.executable
     scratch = tmp_path / "scratch"
     scratch.mkdir()
