@@ -386,7 +386,7 @@ class Predictor:
                 r, c = np.argwhere(bad)[0]
                 raise PredictorError(
                     f"column {self.feature_names[c]!r}, row {r + row_offset}: missing or non-finite value "
-                    f"{x[r, c]!r}: expected a finite number",
+                    f"{float(x[r, c])!r}: expected a finite number",
                     self.feature_names[c],
                     int(r) + row_offset,
                 )
@@ -408,7 +408,7 @@ class Predictor:
         if inf.any():
             r, c = np.argwhere(inf)[0]
             raise PredictorError(
-                f"column {self.feature_names[c]!r}, row {r + row_offset}: non-finite value {v[r, c]!r}",
+                f"column {self.feature_names[c]!r}, row {r + row_offset}: non-finite value {float(v[r, c])!r}",
                 self.feature_names[c],
                 int(r) + row_offset,
             )
