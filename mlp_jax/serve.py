@@ -233,7 +233,7 @@ def _frame_from_records(records: list[Any], features: tuple[str, ...], what: str
             raise InvalidInput(f"{what}[{i}]: expected an object of column -> value, got {type(rec).__name__}")
         missing = [f for f in features if f not in rec]
         if missing:
-            raise InvalidInput(f"{what}[{i}] (row {i}) is missing feature column(s): {', '.join(missing)}")
+            raise InvalidInput(f"{what}[{i}] is missing feature column(s): {', '.join(missing)} (row {i})")
         _check_cells([rec[f] for f in features], f"{what}[{i}]")
     return pd.DataFrame({f: pd.Series([r[f] for r in records], dtype=object) for f in features})
 
@@ -291,9 +291,12 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
     """Rows from an MLflow scoring request (JSON or CSV); InvalidInput names what is wrong."""
     mime, options = _media_type(content_type, "application/json, text/csv")
     if mime == "text/csv":
-        from mlp_jax.data import DataError, read_csv_for_prediction
+        from mlp_jax.data import DataError, read_csv_for_prediction, read_header
 
         try:
+            if not body.strip().partition(b"\n")[2].strip():  # a header line at most
+                read_header(body)  # refuses a repeated column first
+                raise InvalidInput("the CSV body has a header but no rows: expected at least one data row")
             frame = read_csv_for_prediction(body, features)  # the header read exactly as training reads it
         except DataError as e:
             raise InvalidInput(str(e)) from None
@@ -377,6 +380,7 @@ class Service:
         names = self.predictor.feature_names
         if (
             self.predictor.positional
+            and isinstance(rows, list)
             and len(rows) == 1
             and isinstance(rows[0], dict)
             and len(rows[0]) == len(names)
