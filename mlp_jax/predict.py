@@ -1,35 +1,48 @@
-"""Batch prediction over CSV files: ``python -m mlp_jax.predict --model MODEL --input in.csv --output out.csv``.
+"""Batch prediction over CSV (or Parquet) files: ``python -m mlp_jax.predict --model MODEL --input in.csv --output out.csv``.
 
 The input is streamed in blocks (memory stays bounded whatever the file size) with
-pyarrow's CSV reader. Feature columns are found by name, in any order; a missing one is
-an error that names it, and every other column (an id, say) is passed through verbatim.
-The output holds the passed-through columns, ``prediction`` (the original class label)
-and one ``proba_<class>`` column per class. It is written to a temporary file beside the
-output and renamed at the end, so a failure never leaves a half-written file (an
-existing output stays as it was). Scoring goes through the same
-:class:`~mlp_jax.predictor.Predictor` as the service and the MLflow pyfunc, so the
-numbers are the same.
+:func:`mlp_jax.data.iter_csv_for_prediction`: the project's one CSV dialect (a UTF-8
+byte-order mark is stripped, a header naming a column twice is refused). Every column is
+read as text; feature columns are found by name, in any order, and go through the
+model's fitted preprocessing (numbers parsed, the null tokens ``NA``/``null``/``''``... mean
+missing and are imputed as in training, categories coded, unseen ones to the unknown slot).
+Every other column (an id, say) is copied to the output byte for byte (``NA`` stays ``NA``).
+
+The output holds the passed-through columns, then :meth:`Predictor.output_columns`:
+``prediction`` (the original class label, typed as trained) and one ``proba_<class>`` column
+per class, or the regression prediction(s) in the targets' units (``prediction`` or
+``prediction_<target>``). It is written to a temporary file beside the output and renamed
+at the end, so a failure (a bad value in row 2,990,000, say) never leaves a half-written
+file (an existing output stays as it was). Scoring goes through the same
+:class:`~mlp_jax.predictor.Predictor` as the service and the MLflow pyfunc, so the numbers
+are the same. A Parquet file (``.parquet``/``.pq``) is read in row groups the same way
+(pass-through columns keep their Parquet types).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
+import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from mlp_jax.predictor import Predictor
+from mlp_jax import data
+from mlp_jax.predictor import Predictor, PredictorError
 
 #: Bytes of CSV parsed per block; one block is scored and written before the next is held.
 DEFAULT_BLOCK_BYTES = 8 << 20
+#: Rows per block when reading Parquet.
+PARQUET_BATCH_ROWS = 65536
 
 
 class BatchError(ValueError):
@@ -49,18 +62,13 @@ class BatchResult:
 
 
 def read_header(path: Path) -> list[str]:
-    """Column names from the first line (CSV quoting respected)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        try:
-            header = next(csv.reader(f))
-        except StopIteration:
-            raise BatchError(f"input file is empty: {path}") from None
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise BatchError(f"cannot read the header of {path}: {e}") from None
-    duplicates = sorted({c for c in header if header.count(c) > 1})
-    if duplicates:
-        raise BatchError(f"{path}: duplicate column name(s) in the header: {', '.join(duplicates)}")
-    return header
+    """Column names of a CSV (BOM stripped, quoting respected) or Parquet file; BatchError for duplicates."""
+    if path.stat().st_size == 0:
+        raise BatchError(f"input file is empty: {path}")
+    try:
+        return data.read_header(path)
+    except data.DataError as e:
+        raise BatchError(str(e)) from None
 
 
 def plan_columns(header: list[str], predictor: Predictor, keep_features: bool) -> tuple[list[str], list[str]]:
@@ -73,11 +81,61 @@ def plan_columns(header: list[str], predictor: Predictor, keep_features: bool) -
             f"{', '.join(predictor.feature_names)})"
         )
     passed = [c for c in header if keep_features or c not in features]
-    produced = ["prediction", *predictor.probability_columns()]
+    produced = predictor.output_columns()
     clash = [c for c in passed if c in produced]
     if clash:
         raise BatchError(f"input column(s) {', '.join(clash)} would clash with the output columns; rename them")
     return passed, passed + produced
+
+
+def _label_type(predictor: Predictor) -> pa.DataType:
+    kinds = predictor.label_array(np.eye(len(predictor.classes), dtype=np.float32)).dtype
+    return pa.bool_() if kinds == bool else pa.int64() if kinds == np.int64 else pa.string()
+
+
+def output_fields(predictor: Predictor) -> list[pa.Field]:
+    if predictor.task == "classification":
+        return [pa.field("prediction", _label_type(predictor))] + [
+            pa.field(c, pa.float32()) for c in predictor.probability_columns()
+        ]
+    return [pa.field(c, pa.float64()) for c in predictor.output_columns()]
+
+
+def output_arrays(predictor: Predictor, outputs: np.ndarray) -> list[pa.Array]:
+    if predictor.task == "classification":
+        labels = predictor.label_array(outputs)
+        label_type = _label_type(predictor)
+        return [pa.array(labels, type=label_type)] + [pa.array(outputs[:, k]) for k in range(outputs.shape[1])]
+    return [pa.array(outputs[:, k]) for k in range(outputs.shape[1])]
+
+
+_WHERE = re.compile(r"^column .*?, row \d+: ")
+
+
+def _bad_value(src: Path, e: PredictorError, offset: int) -> BatchError:
+    """Rewords a predictor error with the 1-based data row of the file."""
+    if e.row is None:
+        return BatchError(f"{src}: {e}")
+    detail = _WHERE.sub("", str(e))
+    return BatchError(
+        f"{src}: data row {offset + e.row + 1} (line {offset + e.row + 2}), column {e.column!r}: {detail}"
+    )
+
+
+def _blocks(src: Path, parquet: bool, block_bytes: int) -> Iterator[tuple[Any, pa.RecordBatch | None]]:
+    """``(pandas frame, arrow batch or None)`` per block."""
+    if parquet:
+        import pyarrow.parquet as pq
+
+        files = [src] if src.is_file() else data._parquet_files(src)
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                yield batch.to_pandas(), batch
+        return
+    # every column as raw text: the preprocessor treats the null tokens as missing in feature
+    # columns, and passed-through (or kept) columns stay byte for byte
+    for frame in data.iter_csv_for_prediction(src, (), block_bytes=block_bytes):
+        yield frame, None
 
 
 def predict_csv(
@@ -92,35 +150,36 @@ def predict_csv(
     """Scores every row of ``input_path`` into ``output_path`` (atomically); see the module docstring.
 
     Args:
-      keep_features: also copy the feature columns to the output.
+      keep_features: also copy the feature columns (as written) to the output.
       block_bytes: CSV bytes per block (bounds memory).
       progress: show a progress bar (None: only on a terminal).
 
     Raises:
-      BatchError: missing/empty input, missing feature column, non-numeric, missing or
-        non-finite feature value (with its row), output that would overwrite the input.
+      BatchError: missing/empty input, duplicate header names, missing feature column, a bad
+        value (its 1-based data row and column named), output that would overwrite the input.
     """
     from tqdm import tqdm
 
     src, dst = Path(input_path), Path(output_path)
-    if not src.is_file():
-        raise BatchError(f"input file not found: {src.resolve()}" if not src.exists() else f"not a file: {src}")
+    if not src.exists():
+        raise BatchError(f"input file not found: {src.resolve()}")
+    parquet = data.is_parquet(src)
+    if not parquet and not src.is_file():
+        raise BatchError(f"not a file: {src}")
     if dst.exists() and dst.resolve() == src.resolve():
         raise BatchError(f"the output {dst} would overwrite the input; choose another path")
     if dst.is_dir():
         raise BatchError(f"the output {dst} is a directory; give a file path")
-    header = read_header(src)
+    header = read_header(src) if parquet else data._column_names(read_header(src))  # as the reader names them
     passed, out_columns = plan_columns(header, predictor, keep_features)
-    features = list(predictor.feature_names)
-    types: dict[str, pa.DataType] = {c: pa.string() for c in header}  # passed through verbatim
-    types.update({f: pa.float64() for f in features})  # parsed like the training CSV: f64, then f32
-    label_type = pa.string() if any(isinstance(c, str) for c in predictor.classes) else pa.int64()
-    classes = np.asarray(predictor.classes, dtype=object if label_type == pa.string() else np.int64)
-    schema = pa.schema(
-        [pa.field(c, pa.float64() if c in predictor.feature_names else pa.string()) for c in passed]
-        + [pa.field("prediction", label_type)]
-        + [pa.field(c, pa.float32()) for c in predictor.probability_columns()]
-    )
+    if parquet:
+        import pyarrow.parquet as pq
+
+        in_schema = pq.read_schema(src if src.is_file() else data._parquet_files(src)[0])
+        passed_fields = [in_schema.field(c) for c in passed]
+    else:
+        passed_fields = [pa.field(c, pa.string()) for c in passed]
+    schema = pa.schema(passed_fields + output_fields(predictor))
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -130,11 +189,9 @@ def predict_csv(
     rows = 0
     try:
         with (
-            pa.OSFile(str(src)) as stream,
             pacsv.CSVWriter(str(tmp), schema) as writer,
             tqdm(
-                total=src.stat().st_size,
-                unit="B",
+                unit=" rows",
                 unit_scale=True,
                 desc=f"predict {src.name}",
                 disable=None if progress is None else not progress,
@@ -142,29 +199,26 @@ def predict_csv(
             ) as bar,
         ):
             try:
-                reader = pacsv.open_csv(
-                    stream,
-                    read_options=pacsv.ReadOptions(block_size=block_bytes),
-                    convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-                )
-            except pa.ArrowInvalid as e:
-                raise BatchError(f"{src}: {e}") from None
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except pa.ArrowInvalid as e:  # a non-numeric feature value, a ragged row
-                    raise BatchError(f"{src}: {e}") from None
-                x = feature_matrix(batch, features, rows, src)
-                probs = predictor.predict_proba(x)
-                arrays = [batch.column(c) for c in passed]
-                arrays.append(pa.array(classes[probs.argmax(axis=1)], type=label_type))
-                arrays.extend(pa.array(probs[:, k]) for k in range(probs.shape[1]))
-                writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
-                rows += batch.num_rows
-                bar.update(stream.tell() - bar.n)
-                bar.set_postfix(rows=f"{rows:,}", refresh=False)
+                for frame, batch in _blocks(src, parquet, block_bytes):
+                    if len(frame) == 0:
+                        continue
+                    try:
+                        x = predictor.encode(frame)
+                    except PredictorError as e:
+                        raise _bad_value(src, e, rows) from None
+                    outputs = predictor.run_encoded(x)
+                    if batch is not None:
+                        arrays = [batch.column(c) for c in passed]
+                    else:
+                        arrays = [pa.array(frame[c].to_numpy(dtype=object), type=pa.string()) for c in passed]
+                    arrays += output_arrays(predictor, outputs)
+                    writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+                    rows += len(frame)
+                    bar.update(len(frame))
+            except data.DataError as e:  # a ragged row, bad UTF-8
+                raise BatchError(str(e)) from None
+            except (pa.ArrowInvalid, OSError) as e:
+                raise BatchError(f"cannot read {src}: {e}") from None
         if rows == 0:
             raise BatchError(f"{src} has a header but 0 data rows")
         umask = os.umask(0)
@@ -177,32 +231,14 @@ def predict_csv(
     return BatchResult(rows, time.perf_counter() - start, dst, out_columns)
 
 
-def feature_matrix(batch: pa.RecordBatch, features: list[str], offset: int, src: Path) -> np.ndarray:
-    """``[rows, features]`` float32; BatchError names the first missing or non-finite value (1-based data row)."""
-    cols = []
-    for f in features:
-        col = batch.column(f)
-        if col.null_count:
-            row = offset + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]) + 1
-            raise BatchError(f"{src}: missing value in feature column {f!r} at data row {row}")
-        cols.append(col.to_numpy())
-    with np.errstate(over="ignore"):  # past float32's range becomes inf, reported just below
-        x = np.stack(cols, axis=1).astype(np.float32)
-    if not np.isfinite(x).all():
-        r, c = np.argwhere(~np.isfinite(x))[0]
-        raise BatchError(
-            f"{src}: non-finite value (NaN, inf, or beyond float32's range) in feature column "
-            f"{features[c]!r} at data row {offset + int(r) + 1}"
-        )
-    return x
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m mlp_jax.predict", description="Score a CSV file, streamed in blocks, into a new CSV."
     )
     p.add_argument("--model", required=True, help="workdir, step folder or models:/ URI")
-    p.add_argument("--input", required=True, help="CSV with a header and the model's feature columns")
+    p.add_argument(
+        "--input", required=True, help="CSV with a header (or a .parquet file) holding the model's feature columns"
+    )
     p.add_argument("--output", required=True, help="CSV to write (replaced atomically)")
     p.add_argument("--keep-features", action="store_true", help="also copy the feature columns to the output")
     p.add_argument("--block-mb", type=float, default=DEFAULT_BLOCK_BYTES / (1 << 20), help="CSV block size in MiB")
@@ -219,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlp_jax import compilation_cache
     from mlp_jax.artifact import CheckpointError
-    from mlp_jax.predictor import PredictorError
 
     compilation_cache.enable()
     try:
@@ -239,9 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     except (BatchError, PredictorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    produced = predictor.output_columns()
     print(
-        f"wrote {result.rows:,} rows ({', '.join(result.columns[-1 - len(predictor.classes) :])} and "
-        f"{len(result.columns) - 1 - len(predictor.classes)} passed-through column(s)) to {result.output} "
+        f"wrote {result.rows:,} rows ({', '.join(produced)} and "
+        f"{len(result.columns) - len(produced)} passed-through column(s)) to {result.output} "
         f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)"
     )
     return 0

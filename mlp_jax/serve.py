@@ -21,7 +21,6 @@ batch sizes when the app is built, so no request compiles anything.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -36,10 +35,11 @@ from typing import Any
 
 import msgspec
 import numpy as np
-from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar import Litestar, Request, Response, get, post
 from litestar.dto import MsgspecDTO
 from litestar.exceptions import ClientException, HTTPException
 from litestar.openapi import OpenAPIConfig
+from litestar.static_files import create_static_files_router
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -53,6 +53,21 @@ from prometheus_client import (
 
 from mlp_jax.batcher import DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_WAIT_S, MicroBatcher, QueueFull  # [batcher wiring]
 from mlp_jax.predictor import Predictor, PredictorError
+from mlp_jax.schemas import (
+    DataframeSplit,
+    Health,
+    InvocationsRequest,
+    InvocationsResponse,
+    Metadata,
+    MlflowError,
+    Prediction,
+    Predictions,
+    PredictRequest,
+    Problem,
+    Readiness,
+    RegressionPrediction,
+    RegressionPredictions,
+)
 
 log = logging.getLogger("mlp_jax.serve")
 
@@ -61,97 +76,6 @@ DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 #: Batches above this many rows run in a worker thread so the event loop keeps answering.
 OFFLOAD_ROWS = 1024
-
-Label = int | float | str
-
-# ----------------------------------------------------------------------------- HTTP schema
-
-
-class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """One row (``features``) or many (``instances``), raw feature values in training column order."""
-
-    features: list[float] | None = None
-    instances: list[list[float]] | None = None
-
-
-class StrictJSON(MsgspecDTO[PredictRequest]):
-    """Decodes the body straight into :class:`PredictRequest` in msgspec's strict mode.
-
-    Litestar converts bodies non-strictly (``"1.5"`` would pass as a number); this DTO keeps
-    Litestar's OpenAPI schema for the body but lets only JSON numbers through.
-    """
-
-    def decode_bytes(self, value: bytes) -> Any:
-        try:
-            return msgspec.json.decode(value, type=PredictRequest)
-        except msgspec.ValidationError as e:
-            raise ClientException(detail=f"invalid request body: {e}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:  # msgspec lets bad UTF-8 in keys through as the latter
-            raise ClientException(detail=f"malformed JSON: {e}") from None
-
-
-class Prediction(msgspec.Struct):
-    """The answer for one row: the original class label and one probability per class."""
-
-    prediction: Label
-    probabilities: list[float]
-    classes: list[Label]
-
-
-class Predictions(msgspec.Struct):
-    """The answer for many rows, in request order."""
-
-    predictions: list[Label]
-    probabilities: list[list[float]]
-    classes: list[Label]
-
-
-class DataframeSplit(msgspec.Struct, forbid_unknown_fields=True):
-    columns: list[str]
-    data: list[list[Any]]
-    index: list[Any] | None = None
-
-
-class InvocationsRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """MLflow's scoring protocol: exactly one of the four input keys (``params`` is accepted and ignored)."""
-
-    dataframe_split: DataframeSplit | None = None
-    dataframe_records: list[dict[str, Any]] | None = None
-    instances: Any = None
-    inputs: Any = None
-    params: dict[str, Any] | None = None
-
-
-class NumericSplit(msgspec.Struct, forbid_unknown_fields=True):
-    columns: list[str]
-    data: list[list[float]]
-    index: list[Any] | None = None
-
-
-class NumericInvocations(msgspec.Struct, forbid_unknown_fields=True):
-    """The fast path of :class:`InvocationsRequest`: every value a JSON number, checked while decoding.
-
-    A body that does not fit (a text column, a list of records under ``instances``, an
-    error) takes the general path, which also words the error.
-    """
-
-    dataframe_split: NumericSplit | None = None
-    dataframe_records: list[dict[str, float]] | None = None
-    instances: list[list[float]] | dict[str, list[float]] | None = None
-    inputs: list[list[float]] | dict[str, list[float]] | None = None
-    params: dict[str, Any] | None = None
-
-
-class Health(msgspec.Struct):
-    status: str
-
-
-class Readiness(msgspec.Struct):
-    ready: bool
-    model: str
-    version: str
-    buckets: list[int]
-
 
 # ----------------------------------------------------------------------------- metrics
 
@@ -173,6 +97,12 @@ LATENCY = Histogram(
     registry=REGISTRY,
 )
 ROWS = Counter("mlp_jax_rows_predicted", "Rows scored, by endpoint", ["endpoint"], registry=REGISTRY)
+UNKNOWN_CATEGORIES = Counter(
+    "mlp_jax_unknown_categories",
+    "Values of a categorical column not seen in training (scored through the unknown slot), by column",
+    ["column"],
+    registry=REGISTRY,
+)
 # [batcher wiring] the micro-batcher's two histograms
 BATCH_ROWS = Histogram(
     "mlp_jax_batch_rows",
@@ -228,6 +158,19 @@ def metrics_text() -> bytes:
 
 
 # ----------------------------------------------------------------------------- input parsing
+#
+# Plain functions from (body bytes, content type) to rows, testable without a server, as
+# MLflow's scoring server does it. Rows are what Predictor.encode takes: a DataFrame, a list
+# of named records, or positional lists (all-numeric models only).
+
+ACCEPTED_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+MLFLOW_2_HINT = (
+    "expected a JSON object with exactly one of the keys 'dataframe_split', 'dataframe_records', 'instances', "
+    "'inputs' (the scoring protocol changed in MLflow 2.0: wrap a pandas-split body as "
+    '{"dataframe_split": {"columns": [..], "data": [..]}} and a list of records as {"dataframe_records": [..]}; '
+    "the format= content-type parameter is no longer read)"
+)
+_SCALARS = (int, float, str, bool, type(None))
 
 
 class InvalidInput(ValueError):
@@ -238,49 +181,86 @@ class InvalidInput(ValueError):
         self.status = status
 
 
-def _is_number(v: Any) -> bool:
-    return type(v) is float or type(v) is int  # bool is an int subclass: excluded on purpose
+def _media_type(content_type: str, accepted: str) -> tuple[str, dict[str, str]]:
+    mime, *params = (p.strip() for p in (content_type or "").split(";"))
+    options = {k.strip().lower(): v.strip() for k, _, v in (p.partition("=") for p in params if p)}
+    if options.get("charset", "utf-8").lower() != "utf-8":
+        raise InvalidInput(f"only UTF-8 is supported, got charset={options['charset']}", 415)
+    mime = mime.lower()
+    if mime and mime not in accepted.split(", "):
+        raise InvalidInput(f"unsupported content type {content_type!r}: send {accepted}", 415)
+    return mime, options
 
 
-def _numeric_rows(rows: list[list[Any]], names: tuple[str, ...]) -> list[list[Any]]:
-    if not all(_is_number(v) for row in rows for v in row):
-        for i, row in enumerate(rows):
-            for name, v in zip(names, row, strict=False):
-                if not _is_number(v):
-                    raise InvalidInput(f"row {i}, feature {name!r}: expected a number, got {v!r}")
-    return rows
+def decode_json(body: bytes, type: Any) -> Any:
+    """msgspec's strict decode; every failure (nesting too deep included) is an InvalidInput."""
+    try:
+        return msgspec.json.decode(body, type=type)
+    except RecursionError:
+        raise InvalidInput("JSON nested too deeply: a value holds arrays or objects hundreds of levels deep") from None
+    except msgspec.ValidationError as e:  # a subclass of DecodeError: first
+        raise InvalidInput(f"invalid request body: {e}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:  # bad UTF-8 in keys surfaces as the latter
+        raise InvalidInput(f"malformed JSON: {e}") from None
 
 
-def _rows_from_records(records: list[Any], features: tuple[str, ...], what: str) -> list[list[Any]]:
-    rows = []
+def parse_predict(body: bytes, content_type: str) -> PredictRequest:
+    """A ``/predict`` body with exactly one of ``features`` / ``instances``."""
+    _media_type(content_type, "application/json")
+    if not body:
+        raise InvalidInput("empty request body: expected a JSON object with 'features' or 'instances'")
+    req = decode_json(body, PredictRequest)
+    if (req.features is None) == (req.instances is None):
+        raise InvalidInput("expected exactly one of 'features' (one row) or 'instances' (a list of rows)")
+    if req.instances and not (
+        all(isinstance(r, dict) for r in req.instances) or all(isinstance(r, list) for r in req.instances)
+    ):
+        raise InvalidInput("instances: mixes named records and lists of values; send one kind")
+    return req
+
+
+def _check_cells(row: list[Any], what: str) -> None:
+    for j, v in enumerate(row):
+        if not isinstance(v, _SCALARS):
+            raise InvalidInput(f"{what}, value {j}: expected a number, text or null, got {type(v).__name__}")
+
+
+def _frame_from_records(records: list[Any], features: tuple[str, ...], what: str) -> Any:
+    import pandas as pd
+
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise InvalidInput(f"{what}[{i}]: expected an object of column -> value, got {type(rec).__name__}")
-        try:
-            rows.append([rec[f] for f in features])
-        except KeyError:
-            missing = [f for f in features if f not in rec]
-            raise InvalidInput(f"{what}[{i}] is missing feature column(s): {', '.join(missing)}") from None
-    return rows
+        missing = [f for f in features if f not in rec]
+        if missing:
+            raise InvalidInput(f"{what}[{i}] is missing feature column(s): {', '.join(missing)} (row {i})")
+        _check_cells([rec[f] for f in features], f"{what}[{i}]")
+    return pd.DataFrame({f: pd.Series([r[f] for r in records], dtype=object) for f in features})
 
 
-def _rows_from_split(split: DataframeSplit | NumericSplit, features: tuple[str, ...]) -> list[list[Any]]:
-    cols = {c: i for i, c in enumerate(split.columns)}
-    missing = [f for f in features if f not in cols]
+def _frame_from_split(split: DataframeSplit, features: tuple[str, ...]) -> Any:
+    import pandas as pd
+
+    seen: set[str] = set()
+    for c in split.columns:
+        if c in seen:
+            raise InvalidInput(f"dataframe_split.columns names {c!r} more than once; each column must appear once")
+        seen.add(c)
+    missing = [f for f in features if f not in seen]
     if missing:
         raise InvalidInput(f"dataframe_split is missing feature column(s): {', '.join(missing)}")
     width = len(split.columns)
     for i, row in enumerate(split.data):
         if len(row) != width:
             raise InvalidInput(f"dataframe_split.data[{i}] has {len(row)} values, expected {width} (one per column)")
-    idx = [cols[f] for f in features]
-    if idx == list(range(width)):
-        return split.data
-    return [[row[j] for j in idx] for row in split.data]
+    where = {c: j for j, c in enumerate(split.columns)}
+    return pd.DataFrame({f: pd.Series([r[where[f]] for r in split.data], dtype=object) for f in features})
 
 
-def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> list[list[Any]]:
+def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> Any:
     """``instances`` / ``inputs``: a list of rows, a list of records, or columns ``{name: [values]}``."""
+    import pandas as pd
+
     if isinstance(value, dict):
         missing = [f for f in features if f not in value]
         if missing:
@@ -291,90 +271,103 @@ def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> list[
         lengths = {len(c) for c in cols}
         if len(lengths) != 1:
             raise InvalidInput(f"{what}: columns have different lengths {sorted(lengths)}")
-        return [list(r) for r in zip(*cols, strict=True)]
+        for f, c in zip(features, cols, strict=True):
+            _check_cells(c, f"{what}[{f!r}]")
+        return pd.DataFrame({f: pd.Series(c, dtype=object) for f, c in zip(features, cols, strict=True)})
     if not isinstance(value, list):
         raise InvalidInput(f"{what}: expected a list of rows, got {type(value).__name__}")
-    if not value:
-        return []
-    if all(isinstance(r, dict) for r in value):
-        return _rows_from_records(value, features, what)
+    if value and all(isinstance(r, dict) for r in value):
+        return _frame_from_records(value, features, what)
     for i, r in enumerate(value):
         if not isinstance(r, list):
-            raise InvalidInput(f"{what}[{i}]: expected a row (a list of {len(features)} numbers), got {r!r:.80}")
+            raise InvalidInput(f"{what}[{i}]: expected a row (a list of {len(features)} values), got {r!r:.80}")
         if len(r) != len(features):
             raise InvalidInput(f"{what}[{i}]: expected {len(features)} features per row, got {len(r)}")
+        _check_cells(r, f"{what}[{i}]")
     return value
 
 
-def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...]) -> list[list[Any]]:
-    """Rows in feature order from an MLflow scoring request; InvalidInput names what is wrong."""
-    mime, *params = (p.strip() for p in (content_type or "").split(";"))
-    mime = mime.lower()
-    options = dict(p.partition("=")[::2] for p in params if p)
-    if options.get("charset", "utf-8").lower() != "utf-8":
-        raise InvalidInput(f"only UTF-8 is supported, got charset={options['charset']}", 415)
+def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...]) -> Any:
+    """Rows from an MLflow scoring request (JSON or CSV); InvalidInput names what is wrong."""
+    mime, options = _media_type(content_type, "application/json, text/csv")
     if mime == "text/csv":
-        import pandas as pd
+        from mlp_jax.data import DataError, read_csv_for_prediction, read_header
 
         try:
-            frame = pd.read_csv(io.BytesIO(body))
-        except (ValueError, UnicodeDecodeError) as e:  # pandas' parser errors are ValueErrors
-            raise InvalidInput(f"cannot parse the CSV body: {e}") from None
-        missing = [f for f in features if f not in frame.columns]
-        if missing:
-            raise InvalidInput(f"CSV body is missing feature column(s): {', '.join(missing)}")
-        sub = frame[list(features)]
-        bad = [
-            c
-            for c in features
-            if not pd.api.types.is_numeric_dtype(sub[c]) or pd.api.types.is_bool_dtype(sub[c])  # pandas 3: str dtype
-        ]
-        if bad:
-            raise InvalidInput(f"CSV feature column(s) must be numeric, not: {', '.join(bad)}")
-        return sub.to_numpy(dtype=np.float64).tolist()
-    if mime != "application/json":
-        raise InvalidInput(f"unsupported content type {content_type!r}: expected 'application/json' or 'text/csv'", 415)
-    req: InvocationsRequest | NumericInvocations
+            if not body.strip().partition(b"\n")[2].strip():  # a header line at most
+                read_header(body)  # refuses a repeated column first
+                raise InvalidInput("the CSV body has a header but no rows: expected at least one data row")
+            frame = read_csv_for_prediction(body, features)  # the header read exactly as training reads it
+        except DataError as e:
+            raise InvalidInput(str(e)) from None
+        if len(frame) == 0:
+            raise InvalidInput("the CSV body has a header but no rows: expected at least one data row")
+        return frame
+    if "format" in options or body.lstrip()[:1] == b"[":
+        raise InvalidInput(MLFLOW_2_HINT)
+    if not body:
+        raise InvalidInput(f"empty request body: {MLFLOW_2_HINT}")
     try:
-        req, numeric = msgspec.json.decode(body, type=NumericInvocations), True
-    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
-        try:
-            req, numeric = msgspec.json.decode(body, type=InvocationsRequest), False
-        except msgspec.ValidationError as e:
-            raise InvalidInput(f"invalid request: {e}") from None
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            raise InvalidInput(f"malformed JSON: {e}") from None
-    given = [k for k in ("dataframe_split", "dataframe_records", "instances", "inputs") if getattr(req, k) is not None]
+        req = decode_json(body, InvocationsRequest)
+    except InvalidInput as e:
+        if any(f"unknown field `{k}`" in str(e) for k in ("columns", "data", "index")):
+            raise InvalidInput(f"{e}; {MLFLOW_2_HINT}") from None
+        raise
+    given = [k for k in ACCEPTED_KEYS if getattr(req, k) is not None]
     if len(given) != 1:
-        raise InvalidInput(
-            "expected exactly one of 'dataframe_split', 'dataframe_records', 'instances', 'inputs', "
-            f"got {given or 'none'}"
-        )
+        raise InvalidInput(f"got {given or 'none of them'}: {MLFLOW_2_HINT}")
     key = given[0]
-    if key == "dataframe_split":
-        assert req.dataframe_split is not None
-        rows = _rows_from_split(req.dataframe_split, features)
-    elif key == "dataframe_records":
-        assert req.dataframe_records is not None
-        rows = _rows_from_records(req.dataframe_records, features, key)
-    else:
-        rows = _rows_from_tensor(getattr(req, key), features, key)
-    return rows if numeric else _numeric_rows(rows, features)
+    if req.dataframe_split is not None:
+        return _frame_from_split(req.dataframe_split, features)
+    if req.dataframe_records is not None:
+        return _frame_from_records(req.dataframe_records, features, key)
+    return _rows_from_tensor(getattr(req, key), features, key)
 
 
-# ----------------------------------------------------------------------------- app
+# ----------------------------------------------------------------------------- bodies (DTOs)
+
+
+class PredictBody(MsgspecDTO[PredictRequest]):
+    """Decodes ``/predict`` with :func:`parse_predict`; the OpenAPI schema stays :class:`PredictRequest`."""
+
+    def decode_bytes(self, value: bytes) -> Any:
+        try:
+            return parse_predict(value, self.asgi_connection.headers.get("content-type", ""))
+        except InvalidInput as e:
+            raise ClientException(detail=str(e), status_code=e.status) from None
+
+
+class InvocationsBody(MsgspecDTO[InvocationsRequest]):
+    """Turns an ``/invocations`` body (JSON or CSV) into rows with :func:`parse_invocations`.
+
+    The handler receives the rows, not an :class:`InvocationsRequest`; the DTO exists so the
+    OpenAPI document describes the body.
+    """
+
+    def decode_bytes(self, value: bytes) -> Any:
+        conn = self.asgi_connection
+        try:
+            return parse_invocations(
+                value, conn.headers.get("content-type", ""), conn.app.state.predictor.feature_names
+            )
+        except InvalidInput as e:
+            raise ClientException(detail=str(e), status_code=e.status) from None
+
+
+# ----------------------------------------------------------------------------- the service
 
 
 class Service:
-    """The predictor plus the request limits; what the handlers share."""
+    """The predictor plus the request limits; encodes rows and runs them (through the micro-batcher)."""
 
     def __init__(self, predictor: Predictor, max_rows: int):
         self.predictor = predictor
         self.max_rows = max_rows
         self.ready = False
         self.batcher: MicroBatcher | None = None  # [batcher wiring] set by the app's lifespan
-        self.record_keys = ("prediction", *predictor.probability_columns())  # one /invocations record
+        self.columns = predictor.output_columns()  # one /invocations record
         self.classes = list(predictor.classes)
+        self.targets = list(predictor.targets)
 
     def check_count(self, n: int) -> None:
         if n == 0:
@@ -382,37 +375,104 @@ class Service:
         if n > self.max_rows:
             raise InvalidInput(f"too many rows: got {n}, the maximum per request is {self.max_rows}", 413)
 
-    async def score(self, rows: Any, n: int, endpoint: str) -> tuple[list[Any], np.ndarray]:
-        """Validated rows -> (labels, probabilities); large batches run off the event loop."""
-        self.check_count(n)
-        if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
-            try:
-                x = self.predictor.check_rows(rows)
-            except PredictorError as e:
-                raise InvalidInput(str(e)) from None
-            probs = await self.batcher.submit(x)
-            ROWS.labels(endpoint).inc(n)
-            return self.predictor.labels(probs), probs
+    def encode(self, rows: Any) -> np.ndarray:
+        """The model matrix; unseen categories are counted per column, bad values are InvalidInput."""
+        names = self.predictor.feature_names
+        if (
+            self.predictor.positional
+            and isinstance(rows, list)
+            and len(rows) == 1
+            and isinstance(rows[0], dict)
+            and len(rows[0]) == len(names)
+            and all(f in rows[0] for f in names)
+        ):  # one record of an all-numeric model: as a list, without a DataFrame (~0.5 ms saved)
+            rows = [[rows[0][f] for f in names]]
+        if isinstance(rows, list) and rows and isinstance(rows[0], list) and self.predictor.positional:
+            for i, row in enumerate(rows):  # numpy would read "1.5" and True as numbers
+                for j, v in enumerate(row):
+                    if not (v is None or type(v) is float or type(v) is int):
+                        col = names[j] if j < len(names) else f"#{j}"
+                        raise InvalidInput(f"column {col!r}, row {i}: expected a number or null, got {v!r:.40}")
         try:
-            if n > OFFLOAD_ROWS:
-                import anyio.to_thread
-
-                out = await anyio.to_thread.run_sync(self.predictor.predict, rows)
-            else:
-                out = self.predictor.predict(rows)
+            x, unknown = self.predictor.encode_counted(rows)
         except PredictorError as e:
             raise InvalidInput(str(e)) from None
+        for column, k in unknown.items():
+            if k:
+                UNKNOWN_CATEGORIES.labels(column).inc(k)
+        return x
+
+    async def run(self, rows: Any, n: int, endpoint: str) -> np.ndarray:
+        """Rows -> model outputs; large requests are encoded (and, without a batcher, run) off the event loop."""
+        self.check_count(n)
+        import anyio.to_thread
+
+        x = await anyio.to_thread.run_sync(self.encode, rows) if n > OFFLOAD_ROWS else self.encode(rows)
+        if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
+            out = await self.batcher.submit(x)
+        elif n > OFFLOAD_ROWS:
+            out = await anyio.to_thread.run_sync(self.predictor.run_encoded, x)
+        else:
+            out = self.predictor.run_encoded(x)
         ROWS.labels(endpoint).inc(n)
         return out
 
+    def answer(self, out: np.ndarray, one: bool) -> Any:
+        """The ``/predict`` answer."""
+        if self.predictor.task == "classification":
+            labels = self.predictor.labels(out)
+            if one:
+                return Prediction(labels[0], out[0].tolist(), self.classes)
+            return Predictions(labels, out.tolist(), self.classes)
+        values = out[:, 0].tolist() if len(self.targets) == 1 else out.tolist()
+        return RegressionPrediction(values[0], self.targets) if one else RegressionPredictions(values, self.targets)
 
-def _client_error(e: InvalidInput) -> HTTPException:
-    return ClientException(detail=str(e), status_code=e.status)
+    def records(self, out: np.ndarray) -> InvocationsResponse:
+        """The ``/invocations`` answer: one record per row, as MLflow answers for a DataFrame."""
+        keys = self.columns
+        if self.predictor.task == "classification":
+            rows = [(lab, *p) for lab, p in zip(self.predictor.labels(out), out.tolist(), strict=True)]
+        else:
+            rows = out.tolist()
+        return InvocationsResponse([dict(zip(keys, r, strict=True)) for r in rows])
 
 
-def _mlflow_error(message: str, status: int) -> Response[dict[str, str]]:
-    code = {413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST"}.get(status, "BAD_REQUEST")
-    return Response({"error_code": code, "message": message}, status_code=status, media_type=MediaType.JSON)
+# ----------------------------------------------------------------------------- API docs, offline
+
+
+def docs_config() -> OpenAPIConfig:
+    """OpenAPI under ``/schema``; the Swagger UI page loads its scripts from this server.
+
+    The assets come from the ``swagger-ui-bundle`` package (served under :data:`DOCS_ASSETS`),
+    so the docs work without the internet. Without the package, Litestar's CDN default is used.
+    """
+    from litestar.openapi.plugins import SwaggerRenderPlugin
+
+    if _swagger_assets() is None:
+        log.warning("swagger-ui-bundle is not installed: /schema/swagger loads its scripts from a CDN")
+        plugin = SwaggerRenderPlugin()
+    else:
+        plugin = SwaggerRenderPlugin(
+            js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+            favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+        )
+    return OpenAPIConfig(title="mlp-jax prediction service", version="1.0.0", path="/schema", render_plugins=[plugin])
+
+
+DOCS_ASSETS = "/schema-assets"
+
+
+def _swagger_assets() -> Path | None:
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+# ----------------------------------------------------------------------------- app
 
 
 def create_app(
@@ -440,46 +500,26 @@ def create_app(
         predictor.warmup()
     service.ready = True
 
-    @post(
-        "/predict",
-        status_code=200,
-        dto=StrictJSON,
-        return_dto=None,
-        summary="Predict labels and class probabilities for one or many rows",
-    )
-    async def predict(data: PredictRequest | None = None) -> Prediction | Predictions:
+    @post("/predict", status_code=200, dto=PredictBody, return_dto=None, summary="Predict one row or many")
+    async def predict(
+        data: PredictRequest | None = None,
+    ) -> Prediction | Predictions | RegressionPrediction | RegressionPredictions:
+        if data is None:
+            raise ClientException("empty request body: expected a JSON object with 'features' or 'instances'")
+        rows = [data.features] if data.features is not None else data.instances
         try:
-            if data is None:
-                raise InvalidInput("empty request body: expected a JSON object with 'features' or 'instances'")
-            if (data.features is None) == (data.instances is None):
-                raise InvalidInput("expected exactly one of 'features' (one row) or 'instances' (a list of rows)")
-            if data.features is not None:
-                labels, probs = await service.score(data.features, 1, "predict")
-                return Prediction(labels[0], probs[0].tolist(), service.classes)
-            assert data.instances is not None
-            labels, probs = await service.score(data.instances, len(data.instances), "predict")
-            return Predictions(labels, probs.tolist(), service.classes)
+            return service.answer(await service.run(rows, len(rows), "predict"), data.features is not None)
         except InvalidInput as e:
-            raise _client_error(e) from None
+            raise ClientException(detail=str(e), status_code=e.status) from None
 
-    @post(
-        "/invocations",
-        status_code=200,
-        summary="MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; JSON or CSV)",
-    )
-    async def invocations(request: Request[Any, Any, Any]) -> Response[Any]:
+    @post("/invocations", status_code=200, dto=InvocationsBody, return_dto=None, summary=INVOCATIONS_SUMMARY)
+    async def invocations(data: InvocationsRequest | None = None) -> InvocationsResponse:
+        if data is None:
+            raise ClientException(f"empty request body: {MLFLOW_2_HINT}")
         try:
-            body = await request.body()
-        except HTTPException as e:  # over request_max_body_size
-            return _mlflow_error(too_large(request) if e.status_code == 413 else str(e.detail), e.status_code)
-        try:
-            rows = parse_invocations(body, request.headers.get("content-type", ""), predictor.feature_names)
-            labels, probs = await service.score(rows, len(rows), "invocations")
+            return service.records(await service.run(data, len(data), "invocations"))
         except InvalidInput as e:
-            return _mlflow_error(str(e), e.status)
-        keys = service.record_keys
-        records = [dict(zip(keys, (lab, *p), strict=True)) for lab, p in zip(labels, probs.tolist(), strict=True)]
-        return Response({"predictions": records}, media_type=MediaType.JSON)
+            raise ClientException(detail=str(e), status_code=e.status) from None
 
     @get("/health", summary="Liveness")
     async def health() -> Health:
@@ -490,31 +530,41 @@ def create_app(
         body = Readiness(service.ready, predictor.name, predictor.version, list(predictor.buckets))
         return Response(body, status_code=200 if service.ready else 503)
 
-    @get("/metadata", summary="Model name, version, checkpoint step, feature names, classes, test metrics")
-    async def metadata() -> dict[str, Any]:
-        return {**predictor.describe(), "max_rows": service.max_rows, "max_body_bytes": max_body_bytes}
+    @get("/metadata", summary="Model name, version, task, input columns, classes or targets, test metrics")
+    async def metadata() -> Metadata:
+        return msgspec.convert(
+            {**predictor.describe(), "max_rows": max_rows, "max_body_bytes": max_body_bytes}, Metadata, strict=False
+        )
 
     @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response[bytes]:
         return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
-    def too_large(request: Request[Any, Any, Any]) -> str:
-        size = request.headers.get("content-length")
-        got = f"got {size} bytes" if size else "got more"
-        return f"request body too large: the limit is {max_body_bytes} bytes, {got}"
+    def problem(request: Request[Any, Any, Any], status: int, detail: str, extra: Any = None) -> Response[Any]:
+        if request.url.path == "/invocations":
+            code = {413: "RESOURCE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
+            return Response(MlflowError(code.get(status, "BAD_REQUEST"), detail), status_code=status)
+        return Response(Problem(status, detail, extra), status_code=status)
 
-    def on_http_error(request: Request[Any, Any, Any], e: HTTPException) -> Response[dict[str, Any]]:
-        detail = too_large(request) if e.status_code == 413 and e.detail == "Request Entity Too Large" else e.detail
-        body: dict[str, Any] = {"status_code": e.status_code, "detail": detail}
-        if e.extra:
-            body["extra"] = e.extra
-        return Response(body, status_code=e.status_code, headers=e.headers)
+    def on_http_error(request: Request[Any, Any, Any], e: HTTPException) -> Response[Any]:
+        detail = e.detail
+        if e.status_code == 413 and detail == "Request Entity Too Large":
+            size = request.headers.get("content-length")
+            got = f"got {size} bytes" if size else "got more"
+            detail = f"request body too large: the limit is {max_body_bytes} bytes, {got}"
+        response = problem(request, e.status_code, detail, e.extra or None)
+        response.headers.update(e.headers or {})
+        return response
+
+    def on_unexpected(request: Request[Any, Any, Any], e: Exception) -> Response[Any]:
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
+        return problem(request, 500, f"internal server error ({type(e).__name__}); the server log has the traceback")
 
     # [batcher wiring] begin: the batcher lives as long as the server; a full queue answers 503
     @asynccontextmanager
     async def batching(_: Litestar) -> AsyncIterator[None]:
         service.batcher = MicroBatcher(
-            predictor.proba_checked,
+            predictor.run_encoded,
             max_batch=predictor.buckets[-1],
             max_wait_s=batch_wait_s,
             max_queue_rows=max_queue_rows,
@@ -528,19 +578,23 @@ def create_app(
             service.ready = False
             await service.batcher.close()
 
-    def on_overload(_: Request[Any, Any, Any], e: QueueFull) -> Response[dict[str, Any]]:
-        headers = {"Retry-After": str(e.retry_after_s)}
-        return Response({"status_code": 503, "detail": str(e)}, status_code=503, headers=headers)
+    def on_overload(request: Request[Any, Any, Any], e: QueueFull) -> Response[Any]:
+        response = problem(request, 503, str(e))
+        response.headers["Retry-After"] = str(e.retry_after_s)
+        return response
 
     # [batcher wiring] end
 
+    handlers: list[Any] = [predict, invocations, health, ready, metadata, metrics]
+    if (assets := _swagger_assets()) is not None:
+        handlers.append(create_static_files_router(DOCS_ASSETS, [assets], include_in_schema=False))
     app = Litestar(
-        route_handlers=[predict, invocations, health, ready, metadata, metrics],
-        exception_handlers={HTTPException: on_http_error, QueueFull: on_overload},  # [batcher wiring]
+        route_handlers=handlers,
+        exception_handlers={HTTPException: on_http_error, QueueFull: on_overload, Exception: on_unexpected},
         lifespan=[batching],  # [batcher wiring]
         middleware=[metrics_middleware],
         request_max_body_size=max_body_bytes,
-        openapi_config=OpenAPIConfig(title="mlp-jax prediction service", version="1.0.0", path="/schema"),
+        openapi_config=docs_config(),
         logging_config=None,
     )
     app.state.predictor = predictor
@@ -548,10 +602,18 @@ def create_app(
     return app
 
 
+INVOCATIONS_SUMMARY = "MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; JSON or CSV)"
+
+
 def startup_line(predictor: Predictor) -> str:
     return (
         f"model {predictor.source} (name {predictor.name}, version {predictor.version}, step {predictor.step}): "
-        f"input width {predictor.n_features}, classes {list(predictor.classes)}"
+        f"input width {predictor.n_features}, "
+        + (
+            f"classes {list(predictor.classes)}"
+            if predictor.task == "classification"
+            else f"targets {list(predictor.targets)}"
+        )
     )
 
 

@@ -135,3 +135,68 @@ def spawn(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
 def tracked(folder: Path, csv: Path, workdir: str, **overrides: str):
     items = {"tracking.enabled": "true", "tracking.registered_model": MODEL, "workdir": str(folder / workdir)}
     return tiny_config(folder, csv, **{**items, **overrides})
+
+
+# ----------------------------------------------------------------------------- real tables
+
+
+def penguins_csv() -> Path:
+    """The palmerpenguins CSV (344 rows: text columns, missing values); skips when the package is absent."""
+    palmerpenguins = pytest.importorskip("palmerpenguins")
+    return Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"
+
+
+def write_regression_csv(path: Path, n: int = 400, seed: int = 4) -> Path:
+    """Two numeric targets ``y1, y2`` from numbers (with gaps), a text category and a boolean."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    color = rng.choice(["red", "green", "blue"], size=n)
+    flag = rng.random(n) < 0.4
+    shift = pd.Series(color).map({"red": 2.0, "green": 0.0, "blue": -2.0}).to_numpy()
+    frame = pd.DataFrame(
+        {
+            "a": np.where(rng.random(n) < 0.05, np.nan, a),
+            "b": b,
+            "color": color,
+            "flag": flag,
+            "y1": 100 + 30 * a + 10 * b + 5 * shift + rng.normal(size=n),
+            "y2": -3 * b + flag + rng.normal(size=n) * 0.1,
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def trained_once(tmp_path_factory: pytest.TempPathFactory, key: str, csv: Path, **overrides: str) -> Path:
+    """A small model trained once per test session (shared by every module that asks for ``key``).
+
+    Returns the workdir; modules must not write into it.
+    """
+    from mlp_jax import runner
+
+    folder = tmp_path_factory.getbasetemp() / f"trained-{key}"
+    workdir = folder / "run"
+    if not (folder / "done").exists():
+        folder.mkdir(exist_ok=True)
+        items = {"name": key, "train.epochs": "5", **overrides}
+        runner.run(tiny_config(folder, csv, **items), progress=False)
+        (folder / "done").write_text("ok")
+    return workdir
+
+
+def trained_penguins(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return trained_once(tmp_path_factory, "penguins", penguins_csv(), **{"data.target": "species", "train.epochs": "15"})
+
+
+def trained_regression(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two targets (``y1,y2``) on a small synthetic table with a text and a boolean column."""
+    folder = tmp_path_factory.getbasetemp()
+    csv = folder / "regression.csv"
+    if not csv.exists():
+        write_regression_csv(csv)
+    return trained_once(
+        tmp_path_factory, "regression", csv, **{"data.task": "regression", "data.target": "y1,y2"}
+    )

@@ -1,4 +1,5 @@
-"""The predictor: restore, training standardisation, AOT buckets, batch-invariant numbers, input checks."""
+"""The predictor: restore, the training preprocessing, AOT buckets, batch-invariant numbers, input checks,
+real tables (penguins: text, missing values, unseen categories) and regression."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlp_jax import artifact, data, evaluate
+from mlp_jax import artifact, data, evaluate, features
 from mlp_jax.predictor import ROW_TILE, Predictor, PredictorError
-from tests.helpers import count_compilations
+from tests.helpers import count_compilations, penguins_csv, trained_penguins, trained_regression
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,9 @@ def predictor(trained_workdir: Path) -> Predictor:
 @pytest.fixture(scope="module")
 def rows(predictor: Predictor) -> np.ndarray:
     rng = np.random.default_rng(7)
-    mean = np.asarray(predictor.meta.preprocessing["mean"], np.float32)
-    scale = np.asarray(predictor.meta.preprocessing["scale"], np.float32)
+    specs = predictor.preprocessor.columns
+    mean = np.asarray([s.center for s in specs], np.float32)
+    scale = np.asarray([s.scale for s in specs], np.float32)
     return (mean + scale * rng.normal(size=(5000, predictor.n_features))).astype(np.float32)
 
 
@@ -40,11 +42,15 @@ def test_loads_workdir_and_step_folder_with_metadata(predictor, trained_workdir)
     assert by_step.buckets == (ROW_TILE,)  # rounded up to one tile
 
 
-def test_applies_exactly_the_training_standardisation(predictor, rows):
-    """Same as the training path: the numpy standardiser, then the model on standardised rows."""
+def test_applies_exactly_the_training_preprocessing(predictor, rows):
+    """Same as the training path: the fitted Preprocessor on the host, then the model on its matrix."""
     ckpt = predictor.checkpoint
-    scaler = data.Standardizer.from_dict(ckpt.meta.preprocessing)
-    reference = evaluate.batched_probabilities(ckpt.graphdef, ckpt.params, scaler.transform(rows[:300]))
+    pre = features.Preprocessor.from_dict(ckpt.meta.preprocessing)
+    frame = pd.DataFrame(rows[:300].astype(np.float64), columns=list(predictor.feature_names))
+    matrix = pre.transform(frame).x
+    assert np.array_equal(predictor.encode(rows[:300]), matrix)  # the vectorised numeric path: same bits
+    assert np.array_equal(predictor.encode(frame), matrix)
+    reference = evaluate.batched_probabilities(ckpt.graphdef, ckpt.params, matrix)
     got = predictor.predict_proba(rows[:300])
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-7)
     assert got.dtype == np.float32 and got.shape == (300, 2)
@@ -88,8 +94,24 @@ def test_predict_frame_selects_columns_by_name(predictor, rows):
     out = predictor.predict_frame(shuffled)
     assert list(out.columns) == ["prediction", "proba_0", "proba_1"]
     np.testing.assert_array_equal(out[["proba_0", "proba_1"]].to_numpy(), predictor.predict_proba(rows[:20]))
-    with pytest.raises(PredictorError, match=r"missing feature column.*feature_2, feature_4"):
+    with pytest.raises(PredictorError, match=r"missing feature column.*feature_2, feature_4") as e:
         predictor.predict_frame(frame.drop(columns=["feature_2", "feature_4"]))
+    assert e.value.column == "feature_2"
+
+
+def test_missing_numbers_are_imputed_like_training(predictor, rows):
+    """None/NaN take the training median (what the Preprocessor does), in positional rows and records."""
+    pre = predictor.preprocessor
+    with_gap = rows[:3].astype(np.float64)
+    with_gap[1, 2] = np.nan
+    filled = with_gap.copy()
+    filled[1, 2] = pre.columns[2].fill
+    assert np.array_equal(predictor.encode(with_gap), predictor.encode(filled))
+    as_lists = with_gap.tolist()
+    as_lists[1][2] = None
+    assert np.array_equal(predictor.encode(as_lists), predictor.encode(filled))
+    records = [dict(zip(predictor.feature_names, r, strict=True)) for r in as_lists]
+    assert np.array_equal(predictor.encode(records), predictor.encode(filled))
 
 
 @pytest.mark.parametrize(
@@ -97,9 +119,8 @@ def test_predict_frame_selects_columns_by_name(predictor, rows):
     [
         ([[0.0] * 5], "expected 6 features per row, got 5"),
         ([[0.0] * 6, [0.0] * 7], "expected 6 features per row, got 7 in row 1"),
-        ([[0.0] * 6, [0.0, "x", 0.0, 0.0, 0.0, 0.0]], "row 1, feature 'feature_1': expected a number, got 'x'"),
-        ([[0.0, 0.0, float("nan"), 0.0, 0.0, 0.0]], "non-finite.*row 0, feature 'feature_2'"),
-        ([[0.0] * 5 + [1e39]], "non-finite.*beyond float32.*feature_5"),
+        ([[0.0] * 6, [0.0, "x", 0.0, 0.0, 0.0, 0.0]], "column 'feature_1', row 1: expected a number, got 'x'"),
+        ([[0.0, 0.0, float("inf"), 0.0, 0.0, 0.0]], "column 'feature_2', row 0: non-finite"),
         (np.zeros((0, 6)), "expected at least one row, got 0"),
         (np.zeros((2, 3, 6)), "expected a 2-D batch of rows, got an array of rank 3"),
         (np.array([["a"] * 6]), "rows must be real numbers, got an array of dtype <U1"),
@@ -117,3 +138,124 @@ def test_bad_model_paths_and_buckets(tmp_path, trained_workdir):
         Predictor.load(tmp_path)
     with pytest.raises(ValueError, match="buckets must be positive"):
         Predictor.load(trained_workdir, buckets=(0, 8))
+
+
+# ----------------------------------------------------------------------------- real tables
+
+
+@pytest.fixture(scope="module")
+def penguins(tmp_path_factory) -> Predictor:
+    return Predictor.load(trained_penguins(tmp_path_factory), buckets=(32, 256))
+
+
+@pytest.fixture(scope="module")
+def penguin_frame() -> pd.DataFrame:
+    return data.read_table(penguins_csv())
+
+
+def penguin_records(frame: pd.DataFrame, names) -> list[dict]:
+    """JSON-like records: None for missing, Python numbers and text."""
+    out = []
+    for r in frame[list(names)].astype(object).to_dict("records"):
+        out.append({k: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v for k, v in r.items()})
+    return out
+
+
+def test_penguins_metadata_roles_and_outputs(penguins):
+    assert penguins.task == "classification" and penguins.targets == ()
+    assert penguins.classes == ("Adelie", "Chinstrap", "Gentoo")
+    assert penguins.n_features == 7 and penguins.n_inputs == penguins.meta.network.in_features
+    roles = {r["name"]: r for r in penguins.describe()["input_columns"]}
+    assert roles["island"]["role"] == "categorical" and roles["island"]["dtype"] == "string"
+    assert roles["bill_length_mm"] == {"name": "bill_length_mm", "role": "numeric", "dtype": "double", "nullable": True}
+    assert penguins.output_columns() == ["prediction", "proba_Adelie", "proba_Chinstrap", "proba_Gentoo"]
+    assert not penguins.positional
+
+
+def test_a_named_record_with_a_null_and_an_unseen_island_is_scored(penguins):
+    record = {
+        "island": "Atlantis",  # never seen in training: the unknown slot, counted
+        "bill_length_mm": None,  # missing: the training median + indicator
+        "bill_depth_mm": 18.1,
+        "flipper_length_mm": 190,
+        "body_mass_g": 3700,
+        "sex": None,
+        "year": 2008,
+    }
+    counts: dict[str, int] = {}
+    x = penguins.encode([record], unknown_counts=counts)
+    assert x.dtype == np.float32 and x.shape == (1, penguins.n_inputs)
+    assert counts == {"island": 1, "sex": 0}
+    out = penguins.format(penguins.run_encoded(x))
+    assert len(out) == 1 and out[0]["prediction"] in penguins.classes
+    assert set(out[0]["probabilities"]) == {"Adelie", "Chinstrap", "Gentoo"}
+    assert sum(out[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # text numbers (a CSV body) and the null tokens give the same matrix as the typed record
+    text = {**record, "bill_length_mm": "NA", "bill_depth_mm": "18.1", "flipper_length_mm": "190", "sex": ""}
+    same, text_counts = penguins.encode_counted([text])
+    assert np.array_equal(same, x) and text_counts == counts
+
+
+def test_records_frames_and_the_preprocessor_agree_bit_for_bit(penguins, penguin_frame):
+    """The pandas-free record path, the DataFrame path and Preprocessor.transform give the same matrix."""
+    pre = features.Preprocessor.from_dict(penguins.meta.preprocessing)
+    want = pre.transform(penguin_frame)
+    records = penguin_records(penguin_frame, penguins.feature_names)
+    records[5]["island"] = "Atlantis"
+    assert np.array_equal(penguins.encode(penguin_frame), want.x)
+    got, counts = penguins.encode_counted(records[:200])
+    ref = pre.transform(pd.DataFrame(records[:200], dtype=object))
+    assert np.array_equal(got, ref.x) and counts == ref.unknown_counts == {"island": 1, "sex": 0}
+    shuffled = penguin_frame[list(penguin_frame.columns)[::-1]]
+    out = penguins.predict_frame(shuffled)
+    assert list(out.columns) == penguins.output_columns() and out.index.equals(shuffled.index)
+    assert np.array_equal(out.iloc[:, 1:].to_numpy(), penguins.predict_outputs(penguin_frame))
+    accuracy = (out["prediction"] == penguin_frame["species"]).mean()
+    assert accuracy > 0.6
+
+
+@pytest.mark.parametrize(
+    ("change", "message", "column", "row"),
+    [
+        (lambda rs: rs[2].update(bill_depth_mm="deep"), r"column 'bill_depth_mm', row 2: expected a number, got 'deep'", "bill_depth_mm", 2),
+        (lambda rs: rs[1].pop("sex"), r"row 1: missing column\(s\) 'sex'", "sex", 1),
+        (lambda rs: rs[0].update(colour="blue"), r"row 0: unknown column\(s\) 'colour'", "colour", 0),
+        (lambda rs: rs[2].update(year=float("inf")), r"column 'year', row 2: non-finite", "year", 2),
+    ],
+)
+def test_bad_records_name_the_column_and_the_row(penguins, penguin_frame, change, message, column, row):
+    records = penguin_records(penguin_frame.head(3), penguins.feature_names)
+    change(records)
+    with pytest.raises(PredictorError, match=message) as e:
+        penguins.encode(records)
+    assert (e.value.column, e.value.row) == (column, row)
+
+
+def test_positional_rows_need_an_all_numeric_model(penguins, penguin_frame):
+    with pytest.raises(PredictorError, match="positional rows need every input column to be numeric"):
+        penguins.encode([[1.0] * 7])
+    with pytest.raises(PredictorError, match=r"missing feature column\(s\): island"):
+        penguins.predict_frame(penguin_frame.drop(columns=["island"]))
+
+
+def test_regression_outputs_are_in_original_units(tmp_path_factory):
+    workdir = trained_regression(tmp_path_factory)
+    reg = Predictor.load(workdir, buckets=(32,))
+    assert reg.task == "regression" and reg.targets == ("y1", "y2") and reg.classes == ()
+    assert reg.output_columns() == ["prediction_y1", "prediction_y2"]
+    frame = data.read_table(workdir.parent.parent / "regression.csv")
+    ckpt = reg.checkpoint
+    x = features.Preprocessor.from_dict(ckpt.meta.preprocessing).transform(frame).x
+    raw = np.asarray(evaluate.batched_outputs(ckpt.graphdef, ckpt.params, x))
+    stats = ckpt.meta.target_stats
+    want = raw.astype(np.float64) * np.asarray(stats["scale"]) + np.asarray(stats["mean"])
+    got = reg.predict_outputs(frame)
+    assert got.dtype == np.float64 and got.shape == (len(frame), 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    out = reg.predict_frame(frame.head(4))
+    assert list(out.columns) == ["prediction_y1", "prediction_y2"] and (out.dtypes == np.float64).all()
+    rows = reg.format(got[:2])
+    assert rows == [{"prediction": list(map(float, got[0]))}, {"prediction": list(map(float, got[1]))}]
+    assert abs(got[:, 0] - frame["y1"]).mean() < frame["y1"].std()  # it learned something
+    with pytest.raises(PredictorError, match="regression model"):
+        reg.predict_proba(frame)

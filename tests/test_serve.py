@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -35,8 +36,12 @@ from tests.helpers import (
     spawn,
     stop,
     tracked,
+    trained_once,
+    trained_penguins,
+    trained_regression,
     use_store,
     wait_http,
+    write_regression_csv,
     write_tiny_csv,
 )
 
@@ -56,10 +61,12 @@ def client(predictor: Predictor) -> Iterator[TestClient]:
 
 
 @pytest.fixture(scope="module")
-def rows(predictor: Predictor) -> np.ndarray:
-    meta = predictor.meta.preprocessing
+def rows(predictor: Predictor, trained_workdir: Path) -> np.ndarray:
+    """2000 rows drawn from the training CSV, with a little noise."""
+    frame = pd.read_csv(trained_workdir.parent / "tiny.csv")[list(predictor.feature_names)]
     rng = np.random.default_rng(11)
-    return (np.asarray(meta["mean"]) + np.asarray(meta["scale"]) * rng.normal(size=(2000, 6))).astype(np.float32)
+    x = frame.to_numpy(np.float64)[rng.integers(0, len(frame), 2000)]
+    return (x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
 
 
 def as_json_rows(x: np.ndarray) -> list[list[float]]:
@@ -145,17 +152,23 @@ COLS = [f"feature_{i}" for i in range(6)]
 BAD_PREDICT = [
     ({"features": ROW[:5]}, 400, "expected 6 features per row, got 5"),
     ({"instances": [ROW, [*ROW, 1.0]]}, 400, "expected 6 features per row, got 7 in row 1"),
-    ({"features": [*ROW[:5], "1.5"]}, 400, "Expected `float`, got `str` - at `$.features[5]`"),
-    ({"features": [*ROW[:5], True]}, 400, "Expected `float`, got `bool`"),
-    ({"features": [*ROW[:5], None]}, 400, "Expected `float`, got `null`"),
-    ({"features": [*ROW[:5], 1e39]}, 400, "non-finite value (NaN, inf, or beyond float32's range) at row 0"),
+    ({"features": [*ROW[:5], "1.5"]}, 400, "column 'feature_5', row 0: expected a number or null, got '1.5'"),
+    ({"features": [*ROW[:5], True]}, 400, "column 'feature_5', row 0: expected a number or null, got True"),
+    ({"instances": [ROW, [*ROW[:5], [1.0]]]}, 400, "Expected `bool | int | float | str | null`, got `array`"),
+    ({"features": {c: 0.5 for c in COLS[1:]}}, 400, "row 0: missing column(s) 'feature_0'"),
+    (
+        {"instances": [dict(zip(COLS, ROW, strict=True)), {**dict(zip(COLS, ROW, strict=True)), "zz": 1}]},
+        400,
+        "row 1: unknown column(s) 'zz'",
+    ),
+    ({"instances": [dict(zip(COLS, ROW, strict=True)), ROW]}, 400, "mixes named records and lists"),
     ({"instances": []}, 400, "expected at least one row, got 0"),
     ({"instances": [ROW] * (MAX_ROWS + 1)}, 413, f"too many rows: got {MAX_ROWS + 1}, the maximum per request is"),
     ({"features": ROW, "extra": 1}, 400, "unknown field `extra`"),
     ({"features": ROW, "instances": [ROW]}, 400, "expected exactly one of 'features'"),
     ({}, 400, "expected exactly one of 'features'"),
     ([ROW], 400, "Expected `object`, got `array`"),
-    ({"instances": ROW}, 400, "Expected `array`, got `float`"),
+    ({"instances": ROW}, 400, "Expected `object | array`, got `float`"),
     (b'{"features": [0.5, 0.5', 400, "malformed JSON"),
     (b'{"features": [NaN, 1, 2, 3, 4, 5]}', 400, "malformed JSON"),
     (b'{"features": [1e999, 1, 2, 3, 4, 5]}', 400, "Number out of range"),
@@ -176,7 +189,11 @@ def test_bad_predict_bodies_answer_4xx_naming_the_problem(client, body, status, 
 BAD_INVOCATIONS = [
     ({"dataframe_split": {"columns": COLS[:5], "data": [ROW[:5]]}}, 400, "missing feature column(s): feature_5"),
     ({"dataframe_split": {"columns": COLS, "data": [ROW[:5]]}}, 400, "data[0] has 5 values, expected 6"),
-    ({"dataframe_split": {"columns": COLS, "data": [[*ROW[:5], "x"]]}}, 400, "feature 'feature_5': expected a number"),
+    (
+        {"dataframe_split": {"columns": COLS, "data": [[*ROW[:5], "x"]]}},
+        400,
+        "column 'feature_5', row 0: expected a number",
+    ),
     ({"dataframe_split": {"columns": COLS, "data": []}}, 400, "expected at least one row, got 0"),
     (
         {"dataframe_records": [dict(zip(COLS[1:], ROW, strict=False))]},
@@ -188,10 +205,10 @@ BAD_INVOCATIONS = [
     ({"inputs": {c: [0.5] for c in COLS[:-1]}}, 400, "inputs is missing feature column(s): feature_5"),
     ({"inputs": {c: [0.5] * (2 if c == "feature_3" else 1) for c in COLS}}, 400, "different lengths"),
     ({"inputs": 3}, 400, "expected a list of rows, got int"),
-    ({"instances": [[*ROW[:5], True]]}, 400, "feature 'feature_5': expected a number, got True"),
-    ({"instances": [[*ROW[:5], 1e300]]}, 400, "non-finite value"),
+    ({"instances": [[*ROW[:5], True]]}, 400, "column 'feature_5', row 0: expected a number or null, got True"),
+    ({"instances": [[*ROW[:5], float("inf")]]}, 400, "malformed JSON"),
     ({"instances": [ROW] * (MAX_ROWS + 1)}, 413, "too many rows"),
-    ({"instances": [ROW], "inputs": [ROW]}, 400, "exactly one of 'dataframe_split', 'dataframe_records'"),
+    ({"instances": [ROW], "inputs": [ROW]}, 400, "exactly one of the keys 'dataframe_split', 'dataframe_records'"),
     ({"dataframe_splitt": {}}, 400, "unknown field `dataframe_splitt`"),
     (b"{", 400, "malformed JSON"),
     (b"x" * (MAX_BODY + 1), 413, "request body too large"),
@@ -209,8 +226,13 @@ def test_bad_invocations_answer_like_mlflow_with_the_problem_named(client, body,
 @pytest.mark.parametrize(
     ("raw", "content_type", "status", "message"),
     [
-        (b"feature_0,feature_1\n1,2\n", "text/csv", 400, "CSV body is missing feature column(s): feature_2"),
-        (",".join(COLS).encode() + b"\n1,2,3,4,5,x\n", "text/csv", 400, "must be numeric, not: feature_5"),
+        (b"feature_0,feature_1\n1,2\n", "text/csv", 400, "the CSV body lacks feature column(s): 'feature_2'"),
+        (
+            ",".join(COLS).encode() + b"\n1,2,3,4,5,x\n",
+            "text/csv",
+            400,
+            "column 'feature_5', row 0: expected a number, got 'x'",
+        ),
         (b"a,b", "text/plain", 415, "unsupported content type 'text/plain'"),
         (b"{}", "application/json; charset=latin-1", 415, "only UTF-8"),
     ],
@@ -449,3 +471,303 @@ def test_unknown_registry_name_or_alias_fails_at_startup(registry, capsys, model
     assert serve.main(["--model", model, "--port", str(free_port())]) == 1
     err = capsys.readouterr().err
     assert f"cannot serve --model {model}" in err and message in err
+
+
+# ----------------------------------------------------------------------------- real tables (penguins)
+
+PENGUIN = {
+    "island": "Biscoe",
+    "bill_length_mm": 45.1,
+    "bill_depth_mm": 14.5,
+    "flipper_length_mm": 215.0,
+    "body_mass_g": 5000.0,
+    "sex": "female",
+    "year": 2008,
+}
+
+
+@pytest.fixture(scope="module")
+def penguins(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    return Predictor.load(trained_penguins(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def pg_client(penguins: Predictor) -> Iterator[TestClient]:
+    with TestClient(serve.create_app(penguins, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)) as c:
+        yield c
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_named_records_with_nulls_and_unseen_categories_are_scored_and_counted(pg_client, penguins):
+    assert set(PENGUIN) == set(penguins.feature_names)
+    key = 'mlp_jax_unknown_categories_total{column="island"}'
+    before = _metric(pg_client.get("/metrics").text, key)
+    odd = {**PENGUIN, "island": "Atlantis", "sex": None, "bill_depth_mm": None}
+    one = _post(pg_client, "/predict", {"features": odd})
+    assert one.status_code == 200, one.text
+    expected = penguins.predict_outputs([odd])[0]
+    body = one.json()
+    assert body["classes"] == list(penguins.classes) and body["prediction"] in penguins.classes
+    assert np.array_equal(np.float32(body["probabilities"]), expected)
+    many = _post(pg_client, "/predict", {"instances": [PENGUIN, odd, {**odd, "island": "Mars"}]})
+    assert many.status_code == 200, many.text
+    assert np.array_equal(np.float32(many.json()["probabilities"][1]), expected)
+    after = _metric(pg_client.get("/metrics").text, key)
+    assert after - before == 3  # one + two in the batch; an unseen value is never an error
+
+
+def test_invocations_take_text_and_nulls_in_every_format(pg_client, penguins):
+    frame = pd.read_csv(penguins_csv_path(), nrows=8).drop(columns=["species"])  # has NA cells
+    records = json.loads(frame.to_json(orient="records"))
+    bodies = [
+        {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))},
+        {"dataframe_records": records},
+        {"instances": records},
+        {"inputs": {c: [r[c] for r in records] for c in frame.columns}},
+    ]
+    expected = penguins.predict_frame(frame).to_dict(orient="records")
+    for b in bodies:
+        r = _post(pg_client, "/invocations", b)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"predictions": expected}
+    r = _post(pg_client, "/invocations", frame.to_csv(index=False).encode(), "text/csv")
+    assert r.status_code == 200 and r.json() == {"predictions": expected}, r.text
+
+
+def penguins_csv_path() -> Path:
+    from tests.helpers import penguins_csv
+
+    return penguins_csv()
+
+
+TABLE_FAULTS = [
+    ("/predict", {"features": {**PENGUIN, "bill_length_mm": "long"}}, "column 'bill_length_mm', row 0"),
+    ("/predict", {"instances": [PENGUIN, {**PENGUIN, "body_mass_g": "heavy"}]}, "column 'body_mass_g', row 1"),
+    ("/predict", {"features": {k: v for k, v in PENGUIN.items() if k != "sex"}}, "row 0: missing column(s) 'sex'"),
+    ("/predict", {"instances": [PENGUIN, {**PENGUIN, "beak": 1}]}, "row 1: unknown column(s) 'beak'"),
+    ("/predict", {"features": list(PENGUIN.values())}, "positional rows need every input column to be numeric"),
+    ("/invocations", {"dataframe_records": [PENGUIN, {**PENGUIN, "year": "last"}]}, "column 'year', row 1"),
+    ("/invocations", {"dataframe_records": [{k: v for k, v in PENGUIN.items() if k != "island"}]}, "island (row 0)"),
+    ("/invocations", {"inputs": {**{k: [v] for k, v in PENGUIN.items()}, "flipper_length_mm": ["x"]}}, "row 0"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), TABLE_FAULTS, ids=range(len(TABLE_FAULTS)))
+def test_bad_values_and_columns_answer_4xx_naming_column_and_row(pg_client, path, body, message):
+    r = _post(pg_client, path, body)
+    assert r.status_code == 400, r.text
+    text = r.json()["detail" if path == "/predict" else "message"]
+    assert message in text
+
+
+def _split(columns: list[str]) -> dict[str, Any]:
+    return {"dataframe_split": {"columns": columns, "data": [[PENGUIN.get(c, 1) for c in columns]]}}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        (_split([*PENGUIN, "island"]), "application/json", "names 'island' more than once"),
+        (_split(["year", *PENGUIN]), "application/json", "names 'year' more than once"),
+        (b"island,sex,island\nBiscoe,male,Dream\n", "text/csv", "'island'"),
+        (("\ufeff" + ",".join([*PENGUIN, "year"]) + "\n" + "1," * 7 + "1\n").encode(), "text/csv", "'year'"),
+    ],
+)
+def test_a_repeated_column_answers_4xx_naming_it(pg_client, body, content_type, message):
+    r = _post(pg_client, "/invocations", body, content_type)
+    assert r.status_code == 400 and message in r.json()["message"], r.text
+    if content_type == "text/csv":
+        assert "more than once" in r.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ({"columns": list(PENGUIN), "data": [list(PENGUIN.values())]}, "application/json; format=pandas-split"),
+        ({"columns": list(PENGUIN), "data": [list(PENGUIN.values())]}, "application/json"),
+        ([PENGUIN], "application/json; format=pandas-records"),
+        ([PENGUIN], "application/json"),
+        ({}, "application/json"),
+    ],
+)
+def test_mlflow_1_bodies_get_the_four_keys_and_the_protocol_change(pg_client, body, content_type):
+    r = _post(pg_client, "/invocations", body, content_type)
+    assert r.status_code == 400, r.text
+    message = r.json()["message"]
+    assert all(k in message for k in ("dataframe_split", "dataframe_records", "instances", "inputs"))
+    assert "MLflow 2.0" in message
+
+
+def test_csv_with_a_header_and_no_rows_says_so(pg_client):
+    for raw in [",".join(PENGUIN).encode() + b"\n", ",".join(PENGUIN).encode()]:
+        r = _post(pg_client, "/invocations", raw, "text/csv")
+        assert r.status_code == 400 and "no rows" in r.json()["message"], r.text
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+DEEP = [
+    ("/predict", b'{"instances": ' + _deep(1000) + b"}"),
+    ("/predict", b'{"features": ' + _deep(1000) + b"}"),
+    ("/predict", b'{"features": {"island": ' + _deep(1000) + b"}}"),
+    ("/invocations", b'{"instances": ' + _deep(1000) + b"}"),
+    ("/invocations", b'{"inputs": ' + _deep(1000) + b"}"),
+    ("/invocations", b'{"inputs": {"island": ' + _deep(1000) + b"}}"),
+    ("/invocations", b'{"dataframe_records": [{"island": ' + _deep(1000) + b"}]}"),
+    ("/invocations", b'{"dataframe_split": {"columns": ["a"], "data": [' + _deep(1000) + b"]}}"),
+    ("/invocations", b'{"params": {"a": ' + _deep(1000) + b"}}"),
+    ("/invocations", b'{"instances": [' + b"[" * 300 + b"]" * 300 + b"]}"),  # below msgspec's limit
+]
+
+
+@pytest.mark.parametrize(("path", "raw"), DEEP, ids=range(len(DEEP)))
+def test_deeply_nested_json_answers_4xx_on_every_key(pg_client, path, raw):
+    r = _post(pg_client, path, raw)
+    assert 400 <= r.status_code < 500, r.text
+    text = r.json()["detail" if path == "/predict" else "message"]
+    assert "nested too deeply" in text or "Expected" in text or "expected" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "accepted"),
+    [
+        ("/predict", "application/x-www-form-urlencoded", "application/json"),
+        ("/predict", "text/csv", "application/json"),
+        ("/predict", "multipart/form-data; boundary=x", "application/json"),
+        ("/invocations", "application/x-www-form-urlencoded", "application/json, text/csv"),
+        ("/invocations", "text/plain", "application/json, text/csv"),
+    ],
+)
+def test_unsupported_content_types_answer_415_naming_the_accepted_ones(pg_client, path, content_type, accepted):
+    r = pg_client.post(path, content=b"features=1&island=Biscoe", headers={"content-type": content_type})
+    assert r.status_code == 415, r.text
+    text = r.json()["detail" if path == "/predict" else "message"]
+    assert "unsupported content type" in text and accepted in text
+
+
+def test_an_unexpected_error_answers_500_and_logs_its_traceback(penguins, caplog, monkeypatch):
+    app = serve.create_app(penguins, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)
+    service = app.state.service
+
+    def broken(rows: Any) -> np.ndarray:
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(service, "encode", broken)
+    monkeypatch.setattr(serve.log, "propagate", True)  # main() turns it off; caplog listens on the root
+    with TestClient(app) as c, caplog.at_level(logging.ERROR, logger="mlp_jax.serve"):
+        r = c.post("/predict", json={"features": PENGUIN})
+        inv = c.post("/invocations", json={"dataframe_records": [PENGUIN]})
+    assert r.status_code == 500 and "ZeroDivisionError" in r.json()["detail"]
+    assert inv.status_code == 500 and inv.json()["error_code"] == "INTERNAL_ERROR"
+    # one record per request (a record may reach caplog's list through more than one pytest handler)
+    errors = list(
+        {id(r): r for r in caplog.records if r.name == "mlp_jax.serve" and r.levelno == logging.ERROR}.values()
+    )
+    assert len(errors) == 2 and "/predict" in errors[0].getMessage() and "/invocations" in errors[1].getMessage()
+    assert errors[0].exc_info and "injected" in caplog.text and "Traceback" in caplog.text
+
+
+def test_openapi_describes_every_endpoint_and_the_docs_load_nothing_from_outside(pg_client):
+    schema = pg_client.get("/schema/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/predict", "/invocations"):
+        op = paths[path]["post"]
+        assert "$ref" in json.dumps(op["requestBody"]) and "$ref" in json.dumps(op["responses"]["200"])
+    for path in ("/metadata", "/health", "/ready"):
+        assert "$ref" in json.dumps(paths[path]["get"]["responses"]["200"]), path
+    components = set(schema["components"]["schemas"])
+    assert {"Metadata", "InvocationsResponse", "Prediction", "RegressionPrediction", "InputColumn"} <= components
+    import re
+
+    page = pg_client.get("/schema/swagger")
+    assert page.status_code == 200
+    head = page.text.split("spec:", 1)[0]  # the page itself, before the embedded OpenAPI document
+    assert not re.findall(r"(?:src|href)\s*=\s*['\"](?:https?:)?//", head), head
+    for asset in re.findall(r"(?:src|href)\s*=\s*['\"]([^'\"]+)", head):
+        assert pg_client.get(asset).status_code == 200, asset
+
+
+def test_one_named_record_encodes_about_as_fast_as_a_list(client, predictor, rows):
+    """All-numeric model: one named record costs within 25% of the same row as a list (no DataFrame)."""
+    service = client.app.state.service
+    row = as_json_rows(rows[:1])[0]
+    record = dict(zip(predictor.feature_names, row, strict=True))
+    assert np.array_equal(service.encode([record]), service.encode([row]))
+
+    def best(rows_: list[Any]) -> float:
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            for _ in range(200):
+                service.encode(rows_)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    assert best([record]) <= 1.25 * best([row]) + 200 * 5e-6
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+@pytest.fixture(scope="module")
+def regression(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Predictor, TestClient, pd.DataFrame]]:
+    workdir = trained_regression(tmp_path_factory)
+    predictor = Predictor.load(workdir)
+    frame = pd.read_csv(tmp_path_factory.getbasetemp() / "regression.csv").head(6)
+    with TestClient(serve.create_app(predictor, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)) as c:
+        yield predictor, c, frame[list(predictor.feature_names)]
+
+
+def test_regression_answers_on_predict_and_invocations(regression):
+    predictor, client, frame = regression
+    assert predictor.task == "regression" and list(predictor.targets) == ["y1", "y2"]
+    records = json.loads(frame.to_json(orient="records"))
+    expected = predictor.predict_outputs(frame)
+    one = _post(client, "/predict", {"features": records[0]})
+    assert one.status_code == 200, one.text
+    assert one.json() == {"prediction": expected[0].tolist(), "targets": ["y1", "y2"]}
+    many = _post(client, "/predict", {"instances": records}).json()
+    assert many == {"predictions": expected.tolist(), "targets": ["y1", "y2"]}
+    reference = predictor.predict_frame(frame).to_dict(orient="records")
+    assert list(reference[0]) == ["prediction_y1", "prediction_y2"]
+    for body in ({"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}, {"instances": records}):
+        r = _post(client, "/invocations", body)
+        assert r.status_code == 200 and r.json() == {"predictions": reference}, r.text
+    r = _post(client, "/invocations", frame.to_csv(index=False).encode(), "text/csv")
+    assert r.json() == {"predictions": reference}
+    meta = client.get("/metadata").json()
+    assert meta["task"] == "regression" and meta["targets"] == ["y1", "y2"] and meta["classes"] == []
+
+
+def test_single_target_regression_answers_one_number(tmp_path_factory):
+    predictor = Predictor.load(
+        trained_once(
+            tmp_path_factory,
+            "regression-one",
+            _regression_csv(tmp_path_factory),
+            **{"data.target": "y1", "data.task": "regression"},
+        )
+    )
+    row = pd.read_csv(_regression_csv(tmp_path_factory)).drop(columns=["y1"]).head(2)
+    records = json.loads(row.to_json(orient="records"))
+    with TestClient(serve.create_app(predictor)) as c:
+        one = _post(c, "/predict", {"features": records[0]}).json()
+        inv = _post(c, "/invocations", {"dataframe_records": records}).json()
+    expected = predictor.predict_outputs(row)[:, 0].tolist()
+    assert one == {"prediction": expected[0], "targets": ["y1"]}
+    assert inv == {"predictions": [{"prediction": v} for v in expected]}
+
+
+def _regression_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    csv = tmp_path_factory.getbasetemp() / "regression.csv"
+    if not csv.exists():
+        write_regression_csv(csv)
+    return csv
