@@ -15,6 +15,7 @@ import pytest
 
 from mlp_jax import config as C
 from mlp_jax import data as D
+from mlp_jax import model as M
 from mlp_jax import sweep as S
 from mlp_jax import train as T
 from tests.helpers import ROOT, tiny_config
@@ -208,8 +209,8 @@ def test_ensemble_mean_std_and_top_k(tmp_path, tiny_csv):
     g = result.groups[0]
     x = ds.x_test[:50]
     mean, std = S.ensemble_predict(g.graphdef, g.best_params, x, [0, 2])
-    p0 = np.asarray(T.predict_proba_fn(g.graphdef)(result.params_of(0)[1], x))
-    p2 = np.asarray(T.predict_proba_fn(g.graphdef)(result.params_of(2)[1], x))
+    p0 = np.asarray(M.probabilities_fn(g.graphdef)(result.params_of(0)[1], x))
+    p2 = np.asarray(M.probabilities_fn(g.graphdef)(result.params_of(2)[1], x))
     assert mean.shape == std.shape == (50, ds.n_classes)
     np.testing.assert_allclose(mean, (p0 + p2) / 2, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, np.abs(p0 - p2) / 2, rtol=1e-4, atol=1e-6)
