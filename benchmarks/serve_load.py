@@ -296,12 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     uri = register(model, tmp)
     print(f"registered {model} as {uri} in {env['MLFLOW_TRACKING_URI']}", flush=True)
 
-    from mlp_jax import artifact
+    from mlp_jax.predictor import Predictor
 
-    meta = artifact.load(model).meta
-    names = list(meta["feature_names"])
+    predictor = Predictor.load(model)
+    names = list(predictor.feature_names)
     rng = np.random.default_rng(0)
-    mean, scale = np.asarray(meta.preprocessing["mean"]), np.asarray(meta.preprocessing["scale"])
+    if predictor.preprocessor is None:  # format 1 checkpoints
+        mean = np.asarray(predictor.meta.preprocessing["mean"])
+        scale = np.asarray(predictor.meta.preprocessing["scale"])
+    else:  # all-numeric inputs: each column's centre and scale as fitted
+        specs = predictor.preprocessor.columns
+        mean = np.asarray([s.center for s in specs])
+        scale = np.asarray([s.scale or 1.0 for s in specs])
 
     def rows(n: int) -> list[list[float]]:
         return np.round(mean + scale * rng.normal(size=(n, len(names))), 6).tolist()
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = {
         ("/predict", 1): json.dumps({"features": one[0]}),
         ("/predict", args.batch_rows): json.dumps({"instances": batch}),
+        ("/predict named", 1): json.dumps({"features": dict(zip(names, one[0], strict=True))}),
         ("/invocations", 1): json.dumps({"dataframe_split": {"columns": names, "data": one}}),
         ("/invocations", args.batch_rows): json.dumps({"dataframe_split": {"columns": names, "data": batch}}),
     }
@@ -335,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             health = "/ready" if name.startswith("mlp-jax") else "/ping"
             wait_ready(f"http://127.0.0.1:{port}{health}", proc, log)
-            for endpoint in endpoints:
-                for n in (1, args.batch_rows):
-                    url = f"http://127.0.0.1:{port}{endpoint}"
+            for endpoint, n in bodies:  # "/predict named": one named record, against the list form
+                if endpoint.split()[0] in endpoints:
+                    url = f"http://127.0.0.1:{port}{endpoint.split()[0]}"
                     body = bodies[(endpoint, n)]
                     if use_wrk:
                         script = wrk_script(body, tmp / "load.lua")

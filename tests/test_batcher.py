@@ -33,9 +33,13 @@ def predictor(trained_workdir: Path) -> Predictor:
 
 
 def random_rows(predictor: Predictor, n: int, seed: int) -> np.ndarray:
-    meta = predictor.checkpoint.meta["standardizer"]
+    """``n`` raw rows drawn from the training CSV, with a little noise."""
+    import pandas as pd
+
+    frame = pd.read_csv(predictor.checkpoint.path.parent.parent / "tiny.csv")[list(predictor.feature_names)]
     rng = np.random.default_rng(seed)
-    return (np.asarray(meta["mean"]) + np.asarray(meta["scale"]) * rng.normal(size=(n, 6))).astype(np.float32)
+    x = frame.to_numpy(np.float64)[rng.integers(0, len(frame), n)]
+    return (x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
 
 
 class Gate:
@@ -63,13 +67,13 @@ async def until(cond, timeout: float = 10) -> None:
 
 def test_concurrent_requests_get_bitwise_their_lone_answers_and_do_coalesce(predictor):
     sizes = [1, 3, 1, 40, 1, 7, 300, 1, 2, 33, 1, 1, 129, 5, 1, 64] * 4
-    inputs = [random_rows(predictor, n, seed) for seed, n in enumerate(sizes)]
-    alone = [predictor.predict_proba(x) for x in inputs]
+    inputs = [predictor.encode(random_rows(predictor, n, seed)) for seed, n in enumerate(sizes)]  # what serve submits
+    alone = [predictor.run_encoded(x) for x in inputs]
     # inline_rows=64: small batches run on the loop, larger ones in the worker thread; both paths checked.
     seen: list[tuple[int, int, str]] = []
     waits: list[float] = []
     batcher = MicroBatcher(
-        predictor.proba_checked,
+        predictor.run_encoded,
         max_batch=predictor.buckets[-1],
         inline_rows=64,
         on_batch=lambda *a: seen.append(a),
@@ -95,14 +99,14 @@ def test_concurrent_requests_get_bitwise_their_lone_answers_and_do_coalesce(pred
 
 
 def test_a_lone_request_runs_at_once_not_after_max_wait(predictor):
-    x = random_rows(predictor, 1, 0)
+    x = predictor.encode(random_rows(predictor, 1, 0))
     # A 60 s timer: if a lone request waited for it, the 5 s guard below would fail the test.
-    batcher = MicroBatcher(predictor.proba_checked, max_batch=4096, max_wait_s=60)
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096, max_wait_s=60)
 
     async def main() -> None:
         for _ in range(5):  # one client, one request at a time
             got = await asyncio.wait_for(batcher.submit(x), 5)
-            assert np.array_equal(got, predictor.predict_proba(x))
+            assert np.array_equal(got, predictor.run_encoded(x))
         await batcher.close()
 
     asyncio.run(main())
