@@ -37,7 +37,9 @@ PYFUNC_BUCKETS = (1, 64, 4096)
 
 
 class MlpJaxModel(mlflow.pyfunc.PythonModel):
-    """``predict(df)`` -> ``prediction`` (original labels) + one ``proba_<class>`` column per class.
+    """``predict(df)`` = :meth:`Predictor.predict_frame`: ``prediction`` (original labels) + one
+    ``proba_<class>`` column per class, or the regression prediction(s) (``prediction`` /
+    ``prediction_<target>``, original units).
 
     ``mlflow.pyfunc.load_model(uri, model_config={"buckets": [...]})`` picks other batch buckets.
     """
@@ -73,23 +75,67 @@ def pip_requirements() -> list[str]:
 
 
 def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.DataFrame]:
-    """Signature (named double feature columns in, label + probabilities out) and an input example.
+    """Signature and input example from the artifact's preprocessing (never from training rows).
 
-    The example rows are the training mean and mean +/- one standard deviation, so no row
-    of the training data is stored with the model.
+    Inputs: one ``ColSpec`` per raw input column, typed by its role (numbers ``double``, text
+    and categories ``string``, bool-typed columns ``boolean``). Every column is required:
+    in MLflow 3.17 ``required`` means the column must be *present*; a required column still
+    accepts None/NaN values (checked), which the model imputes where training did. With
+    ``required=False`` a misspelt or forgotten column would pass MLflow's check and be
+    scored as all-missing without a word. Outputs: ``prediction`` (labels typed as trained) and
+    ``proba_<class>`` floats, or regression ``prediction`` / ``prediction_<target>`` doubles.
+    The example rows are built from the fitted statistics: medians, median +/- one scale,
+    vocabulary values.
     """
     import numpy as np
     from mlflow.types import ColSpec, Schema
 
     names = list(meta.input_columns)
-    classes = list(meta.classes)
-    mean = np.asarray(meta.preprocessing["mean"], np.float64)
-    scale = np.asarray(meta.preprocessing["scale"], np.float64)
-    example = pd.DataFrame(np.stack([mean, mean - scale, mean + scale]), columns=names)
-    label_type = "long" if all(isinstance(c, int) for c in classes) else "string"
-    inputs = Schema([ColSpec("double", n) for n in names])
-    outputs = Schema([ColSpec(label_type, "prediction"), *(ColSpec("float", f"proba_{c}") for c in classes)])
+    pre = meta.preprocessing
+    if pre.get("kind") == "standardize":  # format 1: numbers only, no imputation
+        mean = np.asarray(pre["mean"], np.float64)
+        scale = np.asarray(pre["scale"], np.float64)
+        example = pd.DataFrame(np.stack([mean, mean - scale, mean + scale]), columns=names)
+        inputs = Schema([ColSpec("double", n) for n in names])
+    else:
+        from mlp_jax.features import Preprocessor
+
+        pp = Preprocessor.from_dict(pre)
+        inputs = Schema([ColSpec(r["dtype"], r["name"]) for r in pp.roles])
+        example = pd.DataFrame({s.name: _example_values(s, r["dtype"]) for s, r in zip(pp.columns, pp.roles, strict=True)})
+    if meta.task == "regression":
+        columns = ["prediction"] if len(meta.targets) == 1 else [f"prediction_{t}" for t in meta.targets]
+        outputs = Schema([ColSpec("double", c) for c in columns])
+    else:
+        classes = list(meta.classes)
+        if all(isinstance(c, bool) for c in classes):
+            label_type = "boolean"
+        elif all(isinstance(c, int) for c in classes):
+            label_type = "long"
+        else:
+            label_type = "string"
+        outputs = Schema([ColSpec(label_type, "prediction"), *(ColSpec("float", f"proba_{c}") for c in classes)])
     return mlflow.models.ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+#: Rows in the logged input example.
+EXAMPLE_ROWS = 3
+
+
+def _example_values(spec: Any, dtype: str) -> list[Any]:
+    """``EXAMPLE_ROWS`` plausible values of one column from its fitted statistics."""
+    from mlp_jax.features import BooleanSpec, CategoricalSpec, NumericSpec
+
+    if isinstance(spec, NumericSpec):
+        spread = spec.scale if spec.scale > 0 else 0.0
+        return [float(spec.fill), float(spec.center - spread), float(spec.center + spread)]
+    if isinstance(spec, BooleanSpec):
+        values = [bool(spec.fill), not spec.fill, bool(spec.fill)]
+        return values if dtype == "boolean" else [str(v).lower() for v in values]
+    if isinstance(spec, CategoricalSpec):
+        vocab = list(spec.vocabulary) or ["unknown"]
+        return [vocab[i % len(vocab)] for i in (0, len(vocab) // 2, len(vocab) - 1)]
+    raise TypeError(f"unknown column spec {spec!r}")
 
 
 def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: Any) -> Any:
@@ -109,6 +155,8 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
     finally:
         mngr.close()
     signature, example = signature_for(meta)
+    # declared, so ``load_model(uri, model_config={"buckets": [...]})`` is honoured, not ignored
+    kwargs.setdefault("model_config", {"buckets": list(PYFUNC_BUCKETS)})
     failures = _ValidationFailures()
     logger = logging.getLogger("mlflow.models.model")
     logger.addHandler(failures)

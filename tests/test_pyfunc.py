@@ -23,7 +23,16 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from mlp_jax import pyfunc  # noqa: E402
-from tests.helpers import free_port, spawn, stop, use_store, wait_http  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    free_port,
+    penguins_csv,
+    spawn,
+    stop,
+    trained_penguins,
+    trained_regression,
+    use_store,
+    wait_http,
+)
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
@@ -50,8 +59,9 @@ def registry(
         client.set_registered_model_alias(NAME, "champion", mv.version)
         reference = Predictor.load(workdir / str(step), buckets=(64,))
         rng = np.random.default_rng(0)
-        mean = np.asarray(reference.meta.preprocessing["mean"])
-        scale = np.asarray(reference.meta.preprocessing["scale"])
+        specs = reference.preprocessor.columns
+        mean = np.asarray([c.center for c in specs])
+        scale = np.asarray([c.scale for c in specs])
         rows = mean + scale * rng.normal(size=(37, reference.n_features))
         frame = pd.DataFrame(rows, columns=list(reference.feature_names))[list(reversed(reference.feature_names))]
         yield SimpleNamespace(
@@ -160,8 +170,10 @@ def test_schema_enforcement_refuses_a_wrong_column_or_dtype(registry):
         model.predict(frame.rename(columns={"feature_0": "f0"}))
     with pytest.raises(MlflowException, match="feature_2"):
         model.predict(frame.assign(feature_2="not a number"))
-    with pytest.raises(PredictorError, match=r"non-finite value.* at row 0, feature 'feature_1'"):
-        model.predict(frame.assign(feature_1=np.nan))
+    with pytest.raises(PredictorError, match=r"column 'feature_1', row 0: non-finite value"):
+        model.predict(frame.assign(feature_1=np.inf))
+    gaps = frame.assign(feature_1=np.nan)  # missing: imputed with the training median, as in training
+    assert_same_predictions(model.predict(gaps), registry.reference, gaps)
 
 
 def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
@@ -194,3 +206,82 @@ def test_mlflow_models_serve_answers_invocations(registry, tmp_path):
         assert r.status_code == 400 and "feature_3" in r.text
     finally:
         stop(server)
+
+
+# ----------------------------------------------------------------------------- real tables
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory: pytest.TempPathFactory, mlflow_db) -> Iterator[SimpleNamespace]:
+    """A penguins classifier and a two-target regressor logged in one SQLite store."""
+    folder = tmp_path_factory.mktemp("pyfunc-tabular")
+    with pytest.MonkeyPatch.context() as mp:
+        uri = use_store(mp, folder, mlflow_db(folder))
+        out = {}
+        for key, workdir in (
+            ("penguins", trained_penguins(tmp_path_factory)),
+            ("regression", trained_regression(tmp_path_factory)),
+        ):
+            w, step = resolve(workdir)
+            with mlflow.start_run():
+                info = pyfunc.log_model(w / str(step))
+            out[key] = SimpleNamespace(uri=info.model_uri, reference=Predictor.load(w / str(step), buckets=(64,)), workdir=w)
+        yield SimpleNamespace(folder=folder, store=uri, **out)
+
+
+def test_penguins_signature_and_example_come_from_the_preprocessing(tabular):
+    model = mlflow.models.Model.load(tabular.penguins.uri)
+    inputs = {c.name: c for c in model.signature.inputs.inputs}
+    assert list(inputs) == list(tabular.penguins.reference.feature_names)
+    assert inputs["island"].type.name == "string" and inputs["sex"].type.name == "string"
+    assert inputs["bill_length_mm"].type.name == "double" and inputs["year"].type.name == "double"
+    assert all(c.required for c in inputs.values())  # present; None/NaN values are still accepted
+    outputs = model.signature.outputs
+    assert outputs.input_names() == ["prediction", "proba_Adelie", "proba_Chinstrap", "proba_Gentoo"]
+    assert outputs.inputs[0].type.name == "string"
+    local = Path(mlflow.artifacts.download_artifacts(tabular.penguins.uri, dst_path=str(tabular.folder / "dl")))
+    example = model.load_input_example(str(local))
+    assert len(example) == 3 and list(example.columns) == list(inputs)
+    pre = tabular.penguins.reference.preprocessor
+    assert set(example["island"]) <= set(pre.columns[0].vocabulary)
+    bill = next(c for c in pre.columns if c.name == "bill_length_mm")
+    assert example["bill_length_mm"].iloc[0] == bill.fill  # the training median, not a training row
+    training = pd.read_csv(penguins_csv()).astype({"year": "float64"})
+    merged = example.merge(training, on=list(inputs), how="inner")
+    assert merged.empty  # no training row is stored with the model
+
+
+def test_penguins_pyfunc_gives_the_predictor_numbers_with_gaps_and_unseen_values(tabular):
+    ref = tabular.penguins.reference
+    model = mlflow.pyfunc.load_model(tabular.penguins.uri, model_config={"buckets": [64]})
+    frame = pd.read_csv(penguins_csv()).drop(columns="species").astype({"year": "float64"})
+    frame.loc[3, "island"] = "Atlantis"
+    got = model.predict(frame)
+    want = ref.predict_frame(frame)
+    assert list(got.columns) == ref.output_columns()
+    assert got["prediction"].tolist() == want["prediction"].tolist()
+    assert np.array_equal(got.iloc[:, 1:].to_numpy(), want.iloc[:, 1:].to_numpy())
+    # JSON-like rows: None in text and number columns pass MLflow's check and are imputed
+    records = frame.head(4).astype(object).where(frame.head(4).notna(), None)
+    records.loc[0, ["sex", "bill_length_mm"]] = None
+    assert np.array_equal(model.predict(records).iloc[:, 1:].to_numpy(), ref.predict_outputs(records))
+    with pytest.raises(MlflowException, match="sex"):  # a column left out is refused, not imputed
+        model.predict(frame.head(4).drop(columns="sex"))
+    with pytest.raises(MlflowException, match="Can not safely convert int64 to float64"):
+        model.predict(frame.astype({"year": "int64"}))  # MLflow's rule: cast integers to float yourself
+    with pytest.raises(MlflowException, match="bill_depth_mm"):  # MLflow's own check comes first
+        model.predict(frame.head(3).astype({"bill_depth_mm": object}).assign(bill_depth_mm=[1.0, "deep", 2.0]))
+
+
+def test_regression_pyfunc_outputs_one_double_column_per_target(tabular):
+    ref = tabular.regression.reference
+    model = mlflow.pyfunc.load_model(tabular.regression.uri, model_config={"buckets": [64]})
+    outputs = model.metadata.signature.outputs
+    assert outputs.input_names() == ["prediction_y1", "prediction_y2"]
+    assert {c.type.name for c in outputs.inputs} == {"double"}
+    inputs = {c.name: c.type.name for c in model.metadata.signature.inputs.inputs}
+    assert inputs == {"a": "double", "b": "double", "color": "string", "flag": "boolean"}
+    frame = pd.read_csv(tabular.regression.workdir.parent.parent / "regression.csv").drop(columns=["y1", "y2"])
+    got = model.predict(frame)
+    assert np.array_equal(got.to_numpy(), ref.predict_outputs(frame))
+    assert (got.dtypes == np.float64).all()
