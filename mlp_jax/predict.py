@@ -90,7 +90,7 @@ def plan_columns(header: list[str], predictor: Predictor, keep_features: bool) -
 
 def _label_type(predictor: Predictor) -> pa.DataType:
     kinds = predictor.label_array(np.eye(len(predictor.classes), dtype=np.float32)).dtype
-    return pa.bool_() if kinds == bool else pa.int64() if kinds == np.int64 else pa.string()
+    return pa.bool_() if kinds.kind == "b" else pa.int64() if kinds.kind == "i" else pa.string()
 
 
 def output_fields(predictor: Predictor) -> list[pa.Field]:

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlp_jax import predict
-from mlp_jax import data
+from mlp_jax import data, predict
 from mlp_jax.predictor import Predictor
 from tests.helpers import ROOT, penguins_csv, trained_penguins, trained_regression
 
