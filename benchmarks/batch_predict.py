@@ -31,12 +31,27 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_input(path: Path, rows: int, names: list[str], mean: np.ndarray, scale: np.ndarray) -> None:
+def make_input(path: Path, rows: int, predictor) -> None:
+    """``rows`` synthetic rows drawn from the model's fitted preprocessing (numbers around their
+    centre, categories from the vocabulary, booleans), plus an ``id`` column passed through."""
     rng = np.random.default_rng(0)
-    x = (mean + scale * rng.normal(size=(rows, len(names)))).astype(np.float32)
-    frame = pd.DataFrame(x, columns=names)
-    frame.insert(0, "id", np.arange(rows))
-    frame.to_csv(path, index=False)
+    cols: dict[str, object] = {"id": np.arange(rows)}
+    pre = predictor.preprocessor
+    if pre is None:  # format 1: a standardiser
+        meta = predictor.meta.preprocessing
+        mean, scale = np.asarray(meta["mean"]), np.asarray(meta["scale"])
+        x = (mean + scale * rng.normal(size=(rows, len(mean)))).astype(np.float32)
+        cols.update({n: x[:, j] for j, n in enumerate(predictor.feature_names)})
+    else:
+        for spec in pre.columns:
+            if spec.role == "numeric":
+                cols[spec.name] = (spec.center + max(spec.scale, 1e-6) * rng.normal(size=rows)).astype(np.float32)
+            elif spec.role == "boolean":
+                cols[spec.name] = rng.random(rows) < 0.5
+            else:
+                vocab = np.asarray(list(spec.vocabulary) or ["x"], dtype=object)
+                cols[spec.name] = vocab[rng.integers(0, len(vocab), size=rows)]
+    pd.DataFrame(cols).to_csv(path, index=False)
 
 
 def best_of(repeats: int, fn) -> float:
@@ -64,13 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     predictor = Predictor.load(model)
     load_s = time.perf_counter() - t
-    meta = predictor.meta.preprocessing
     names = list(predictor.feature_names)
 
     tmp = Path(tempfile.mkdtemp(prefix="mlp-jax-batch-bench-"))
     try:
         src = tmp / "in.csv"
-        make_input(src, args.rows, names, np.asarray(meta["mean"]), np.asarray(meta["scale"]))
+        make_input(src, args.rows, predictor)
         size_mb = src.stat().st_size / 1e6
         print(
             f"input: {args.rows:,} rows x {len(names)} features + id, {size_mb:.0f} MB; model restore+compile {load_s:.2f} s"
@@ -80,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def floor() -> None:
             frame = pd.read_csv(src, engine="pyarrow")
-            # Stand-in probabilities with the same digits as real ones, so the output is the same size.
-            probs = rng.dirichlet(np.ones(len(predictor.classes)), size=len(frame)).astype(np.float32)
-            out = pd.DataFrame({"id": frame["id"], "prediction": np.asarray(predictor.classes)[probs.argmax(1)]})
-            for k, c in enumerate(predictor.probability_columns()):
-                out[c] = probs[:, k]
+            out = pd.DataFrame({"id": frame["id"]})
+            if predictor.task == "classification":
+                # Stand-in probabilities with the same digits as real ones, so the output is the same size.
+                probs = rng.dirichlet(np.ones(len(predictor.classes)), size=len(frame)).astype(np.float32)
+                out["prediction"] = np.asarray(predictor.classes)[probs.argmax(1)]
+                for k, c in enumerate(predictor.probability_columns()):
+                    out[c] = probs[:, k]
+            else:
+                for c in predictor.output_columns():
+                    out[c] = rng.normal(size=len(frame))
             out.to_csv(tmp / "floor.csv", index=False)
 
         def ours() -> None:

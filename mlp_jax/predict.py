@@ -90,7 +90,7 @@ def plan_columns(header: list[str], predictor: Predictor, keep_features: bool) -
 
 def _label_type(predictor: Predictor) -> pa.DataType:
     kinds = predictor.label_array(np.eye(len(predictor.classes), dtype=np.float32)).dtype
-    return pa.bool_() if kinds.kind == "b" else pa.int64() if kinds.kind in "iu" else pa.string()
+    return pa.bool_() if kinds.kind == "b" else pa.int64() if kinds.kind == "i" else pa.string()
 
 
 def output_fields(predictor: Predictor) -> list[pa.Field]:
@@ -120,6 +120,39 @@ def _bad_value(src: Path, e: PredictorError, offset: int) -> BatchError:
     return BatchError(
         f"{src}: data row {offset + e.row + 1} (line {offset + e.row + 2}), column {e.column!r}: {detail}"
     )
+
+
+def _parsed(frame: Any, numeric: list[str]) -> Any:
+    """A copy of a raw-text block with its numeric feature columns parsed by pyarrow (as the
+    training CSV was read: the same float64 values, ~5x faster than parsing text in pandas).
+
+    The null tokens become NaN (missing). A column with anything else that does not parse
+    (or an infinity) stays text, so the preprocessor reports the bad value with its row and column.
+    """
+    import pyarrow.compute as pc
+
+    from mlp_jax.features import NULL_TOKENS
+
+    out = {}
+    for c in numeric:
+        text = pa.array(frame[c].to_numpy(dtype=object), type=pa.string())
+        text = pc.if_else(pc.is_in(text, value_set=_null_tokens(NULL_TOKENS)), None, text)
+        try:
+            parsed = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if not np.isinf(parsed).any():  # inf is refused by the preprocessor, quoted as written
+            out[c] = parsed
+    return frame.assign(**out) if out else frame
+
+
+_NULLS: dict[tuple[str, ...], pa.Array] = {}
+
+
+def _null_tokens(tokens: tuple[str, ...]) -> pa.Array:
+    if tokens not in _NULLS:
+        _NULLS[tokens] = pa.array(list(tokens), type=pa.string())
+    return _NULLS[tokens]
 
 
 def _blocks(src: Path, parquet: bool, block_bytes: int) -> Iterator[tuple[Any, pa.RecordBatch | None]]:
@@ -180,6 +213,7 @@ def predict_csv(
     else:
         passed_fields = [pa.field(c, pa.string()) for c in passed]
     schema = pa.schema(passed_fields + output_fields(predictor))
+    numeric = [r["name"] for r in predictor.roles if r["role"] == "numeric"]
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -203,7 +237,7 @@ def predict_csv(
                     if len(frame) == 0:
                         continue
                     try:
-                        x = predictor.encode(frame)
+                        x = predictor.encode(_parsed(frame, numeric) if batch is None else frame)
                     except PredictorError as e:
                         raise _bad_value(src, e, rows) from None
                     outputs = predictor.run_encoded(x)

@@ -133,7 +133,10 @@ class Predictor:
                 self._div = np.asarray([s.scale if s.scale > 0 else 1.0 for s in specs], np.float64)
                 self._const = np.asarray([s.scale <= 0 for s in specs])
                 self._indicators = np.asarray([i for i, s in enumerate(specs) if s.indicator], np.int64)
-        if tuple(self.preprocessor.input_columns if self.preprocessor is not None else self.feature_names) != self.feature_names:
+        if (
+            tuple(self.preprocessor.input_columns if self.preprocessor is not None else self.feature_names)
+            != self.feature_names
+        ):
             raise artifact.CheckpointError(f"{ckpt.path}: preprocessing columns differ from the input columns")
         if self.n_inputs != meta.network.in_features:
             raise artifact.CheckpointError(
@@ -222,8 +225,11 @@ class Predictor:
             return self._encode_frame(rows, row_offset)
         if isinstance(rows, Mapping):
             raise PredictorError("expected a list of rows (records or lists of values), got one mapping")
-        if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and all(
-            isinstance(r, Mapping) for r in rows
+        if (
+            isinstance(rows, Sequence)
+            and not isinstance(rows, (str, bytes))
+            and rows
+            and all(isinstance(r, Mapping) for r in rows)
         ):
             self._check_records(rows, row_offset)
             fast = self._fast_records(rows) if len(rows) <= FAST_RECORDS else None
@@ -235,7 +241,10 @@ class Predictor:
             return self._encode_frame(frame, row_offset)
         if isinstance(rows, Sequence) and rows and any(isinstance(r, Mapping) for r in rows):
             i = next(i for i, r in enumerate(rows) if not isinstance(r, Mapping))
-            raise PredictorError(f"row {i + row_offset}: expected a record (an object of column: value), got {rows[i]!r}", row=i + row_offset)
+            raise PredictorError(
+                f"row {i + row_offset}: expected a record (an object of column: value), got {rows[i]!r}",
+                row=i + row_offset,
+            )
         return self._encode_positional(rows, row_offset), {}
 
     def _check_records(self, rows: Sequence[Mapping[str, Any]], row_offset: int) -> None:
@@ -466,9 +475,7 @@ class Predictor:
             for i, r in enumerate(rows):
                 for j, v in enumerate(r):
                     if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))):
-                        return (
-                            f"column {self.feature_names[j]!r}, row {i + row_offset}: expected a number, got {v!r}"
-                        )
+                        return f"column {self.feature_names[j]!r}, row {i + row_offset}: expected a number, got {v!r}"
         return f"rows must be numbers: {error}"
 
     def check_rows(self, rows: Any) -> np.ndarray:

@@ -102,7 +102,9 @@ def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.
 
         pp = Preprocessor.from_dict(pre)
         inputs = Schema([ColSpec(r["dtype"], r["name"]) for r in pp.roles])
-        example = pd.DataFrame({s.name: _example_values(s, r["dtype"]) for s, r in zip(pp.columns, pp.roles, strict=True)})
+        example = pd.DataFrame(
+            {s.name: _example_values(s, r["dtype"]) for s, r in zip(pp.columns, pp.roles, strict=True)}
+        )
     if meta.task == "regression":
         columns = ["prediction"] if len(meta.targets) == 1 else [f"prediction_{t}" for t in meta.targets]
         outputs = Schema([ColSpec("double", c) for c in columns])

@@ -51,6 +51,7 @@ def write_tiny_csv(path: Path, n: int = 600, n_classes: int = 2, seed: int = 3) 
     )
     return data_lib.write_csv_atomic(data_lib.make_synthetic(cfg), path)
 
+
 #: The registered model name tracked tests use.
 MODEL = "tiny-model"
 
@@ -188,7 +189,9 @@ def trained_once(tmp_path_factory: pytest.TempPathFactory, key: str, csv: Path, 
 
 
 def trained_penguins(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_once(tmp_path_factory, "penguins", penguins_csv(), **{"data.target": "species", "train.epochs": "15"})
+    return trained_once(
+        tmp_path_factory, "penguins", penguins_csv(), **{"data.target": "species", "train.epochs": "15"}
+    )
 
 
 def trained_regression(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -197,6 +200,4 @@ def trained_regression(tmp_path_factory: pytest.TempPathFactory) -> Path:
     csv = folder / "regression.csv"
     if not csv.exists():
         write_regression_csv(csv)
-    return trained_once(
-        tmp_path_factory, "regression", csv, **{"data.task": "regression", "data.target": "y1,y2"}
-    )
+    return trained_once(tmp_path_factory, "regression", csv, **{"data.task": "regression", "data.target": "y1,y2"})

@@ -35,7 +35,7 @@ def test_round_trip_resume_and_inference_restore(tmp_path, tiny_csv):
         np.testing.assert_array_equal(a, b)
     assert ic.meta.input_columns == ds.feature_names
     assert ic.meta.classes == (0, 1)
-    np.testing.assert_allclose(ic.meta.preprocessing["mean"], ds.standardizer.mean)
+    assert ic.meta.preprocessing == ds.preprocessor.to_dict()
     assert ic.meta.metrics["epoch"] == 4
     assert ic.meta.experiment == cfg
     assert A.ArtifactMeta.from_json(ic.meta.to_json()) == ic.meta  # the typed format round-trips

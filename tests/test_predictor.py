@@ -157,7 +157,9 @@ def penguin_records(frame: pd.DataFrame, names) -> list[dict]:
     """JSON-like records: None for missing, Python numbers and text."""
     out = []
     for r in frame[list(names)].astype(object).to_dict("records"):
-        out.append({k: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v for k, v in r.items()})
+        out.append(
+            {k: None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else v for k, v in r.items()}
+        )
     return out
 
 
@@ -217,7 +219,12 @@ def test_records_frames_and_the_preprocessor_agree_bit_for_bit(penguins, penguin
 @pytest.mark.parametrize(
     ("change", "message", "column", "row"),
     [
-        (lambda rs: rs[2].update(bill_depth_mm="deep"), r"column 'bill_depth_mm', row 2: expected a number, got 'deep'", "bill_depth_mm", 2),
+        (
+            lambda rs: rs[2].update(bill_depth_mm="deep"),
+            r"column 'bill_depth_mm', row 2: expected a number, got 'deep'",
+            "bill_depth_mm",
+            2,
+        ),
         (lambda rs: rs[1].pop("sex"), r"row 1: missing column\(s\) 'sex'", "sex", 1),
         (lambda rs: rs[0].update(colour="blue"), r"row 0: unknown column\(s\) 'colour'", "colour", 0),
         (lambda rs: rs[2].update(year=float("inf")), r"column 'year', row 2: non-finite", "year", 2),
@@ -259,3 +266,17 @@ def test_regression_outputs_are_in_original_units(tmp_path_factory):
     assert abs(got[:, 0] - frame["y1"]).mean() < frame["y1"].std()  # it learned something
     with pytest.raises(PredictorError, match="regression model"):
         reg.predict_proba(frame)
+
+
+@pytest.mark.parametrize(
+    ("classes", "dtype", "first"),
+    [((False, True), bool, True), ((3, 7), np.int64, 7), (("007", "010"), object, "010")],
+)
+def test_labels_keep_their_trained_type(classes, dtype, first):
+    """Booleans stay booleans, integers integers, "007" stays text (not 7)."""
+    from types import SimpleNamespace
+
+    probs = np.asarray([[0.2, 0.8], [0.9, 0.1]], np.float32)
+    labels = Predictor.label_array(SimpleNamespace(classes=classes), probs)
+    assert labels.dtype == dtype and labels[0] == first and labels[1] == classes[0]
+    assert type(labels.tolist()[0]) is type(classes[0])

@@ -225,7 +225,9 @@ def tabular(tmp_path_factory: pytest.TempPathFactory, mlflow_db) -> Iterator[Sim
             w, step = resolve(workdir)
             with mlflow.start_run():
                 info = pyfunc.log_model(w / str(step))
-            out[key] = SimpleNamespace(uri=info.model_uri, reference=Predictor.load(w / str(step), buckets=(64,)), workdir=w)
+            out[key] = SimpleNamespace(
+                uri=info.model_uri, reference=Predictor.load(w / str(step), buckets=(64,)), workdir=w
+            )
         yield SimpleNamespace(folder=folder, store=uri, **out)
 
 
