@@ -17,6 +17,8 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mlp_jax.summary import GateOutcome
+
 CHAMPION_ALIAS = "champion"
 #: The validation metric the gate compares (lower is better): validation loss for classification,
 #: validation RMSE (original units) for regression.
@@ -120,6 +122,16 @@ def current_champion(client: MlflowClient, name: str, metric: str = GATE_METRIC)
     }
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A new registered version and the gate's outcome."""
+
+    model_version: str
+    model_uri: str
+    champion: bool
+    gate: GateOutcome
+
+
 def register(
     client: MlflowClient,
     info: Any,
@@ -133,11 +145,11 @@ def register(
     test_accuracy: float | None,
     pending: Callable[[str | None], None] = lambda version: None,
     metric: str = GATE_METRIC,
-) -> dict[str, Any]:
+) -> Registration:
     """Registers the logged model ``info`` as a new version of ``name`` and runs the champion gate.
 
     ``pending(version)`` is told the new version as soon as it exists (so the caller can
-    delete it if anything after fails). Returns the items the runner merges into ``summary.json``.
+    delete it if anything after fails).
     """
     from mlflow.entities import RunTag
 
@@ -185,16 +197,16 @@ def register(
         f"{'PROMOTED to @' + CHAMPION_ALIAS if decision.promote else 'kept the champion'} ({decision.reason})",
         flush=True,
     )
-    return {
-        "model_version": str(mv.version),
-        "model_uri": f"models:/{name}/{mv.version}",
-        "champion": decision.promote,
-        "champion_gate": {
-            "metric": metric,
-            "challenger_val_loss": val_loss,
-            "champion_version": decision.champion_version,
-            "champion_val_loss": decision.champion_val_loss,
-            "decision": "promoted" if decision.promote else "rejected",
-            "reason": decision.reason,
-        },
-    }
+    return Registration(
+        model_version=str(mv.version),
+        model_uri=f"models:/{name}/{mv.version}",
+        champion=decision.promote,
+        gate=GateOutcome(
+            metric=metric,
+            challenger_val_loss=val_loss,
+            champion_version=decision.champion_version,
+            champion_val_loss=decision.champion_val_loss,
+            decision="promoted" if decision.promote else "rejected",
+            reason=decision.reason,
+        ),
+    )

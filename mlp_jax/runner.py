@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mlp_jax.config import Config, ConfigError, apply_overrides, help_text, to_json
+from mlp_jax.summary import RunSummary
 
 _T_START = time.perf_counter()
 
@@ -36,7 +37,8 @@ def check_workdir(workdir: Path) -> None:
 
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
-    """Runs one experiment end to end and returns its summary (also written to ``summary.json``)."""
+    """Runs one experiment end to end; returns ``summary.json``'s content (:class:`RunSummary` +
+    :class:`TrackingRecord` + timings) and writes it to the workdir."""
     from mlp_jax import compilation_cache, distributed, evaluate, train
     from mlp_jax import data as data_lib
     from mlp_jax.writer import NullWriter
@@ -133,45 +135,44 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         (workdir / "config.json").write_text(json.dumps(json.loads(to_json(config)), indent=2))
         timings["evaluate"] = time.perf_counter() - t
 
-        summary: dict[str, Any] = {
-            "experiment": config.name,
-            "task": dataset.task,
-            "workdir": str(workdir),
-            **test_metrics,
-            "best_epoch": result.best_epoch,
-            **best_val,
-            "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early,
-            "resumed_from_epoch": result.resumed_from,
-            "train_samples_per_second": result.train_samples_per_second,
-            "compile_seconds": result.compile_seconds,
-            "n_features": dataset.n_features,
-            "feature_names": list(dataset.feature_names),
-            "roles": dataset.preprocessor.roles,
-            "classes": list(dataset.classes),
-            "targets": list(dataset.target_names),
-            "dropped_target_rows": dataset.dropped_target_rows,
-            "dataset": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
-            "checkpoint": result.last_checkpoint,
-            "n_devices": result.n_devices,
-            "n_processes": result.n_processes,
-        }
+        sklearn = None
         if config.train.compare_sklearn:
             t = time.perf_counter()
-            summary["sklearn"] = sklearn_reference(config, dataset)
+            sklearn = sklearn_reference(config, dataset)
             timings["sklearn"] = time.perf_counter() - t
-
+        summary = RunSummary(
+            experiment=config.name,
+            task=dataset.task,
+            workdir=str(workdir),
+            metrics={**test_metrics, **best_val},
+            best_epoch=result.best_epoch,
+            epochs_run=result.epochs_run,
+            stopped_early=result.stopped_early,
+            resumed_from_epoch=result.resumed_from,
+            train_samples_per_second=result.train_samples_per_second,
+            compile_seconds=result.compile_seconds,
+            n_features=dataset.n_features,
+            feature_names=list(dataset.feature_names),
+            roles=dataset.preprocessor.roles,
+            classes=list(dataset.classes),
+            targets=list(dataset.target_names),
+            dropped_target_rows=dataset.dropped_target_rows,
+            dataset={"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
+            checkpoint=result.last_checkpoint,
+            n_devices=result.n_devices,
+            n_processes=result.n_processes,
+            sklearn=sklearn,
+        )
+        record = None
         if session is not None:
             t = time.perf_counter()
-            summary.update(
-                session.finish(
-                    workdir=workdir,
-                    summary=summary,
-                    history=result.history,
-                    report=report,
-                    artifacts=artifacts,
-                    checkpoint=result.last_checkpoint,
-                )
+            record = session.finish(
+                workdir=workdir,
+                summary=summary,
+                history=result.history,
+                report=report,
+                artifacts=artifacts,
+                checkpoint=result.last_checkpoint,
             )
             timings["tracking"] = time.perf_counter() - t + timings.get("tracking_start", 0.0)
     except BaseException as e:
@@ -179,9 +180,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             session.abort(e)
         raise
     timings["total_in_process"] = time.perf_counter() - _T_START
-    summary["timings"] = timings
-    write_json_atomic(workdir / "summary.json", summary)
-    return summary
+    out = {**summary.to_dict(), **(record.to_dict() if record is not None else {}), "timings": timings}
+    write_json_atomic(workdir / "summary.json", out)
+    return out
 
 
 def decode_std(dataset: Any, y: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ identical). When that run had finished, a new run starts, tagged
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -38,9 +39,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlp_jax import model_uri
+from mlp_jax import model_uri, registry
 from mlp_jax.artifact import CheckpointError, resolve
 from mlp_jax.config import Config, to_flat_dict, to_json
+from mlp_jax.summary import RunSummary, TrackingRecord
 
 RUN_FILE = "mlflow_run.json"
 EPOCH_METRICS = (
@@ -249,15 +251,15 @@ class Session:
     def finish(
         self,
         workdir: Path,
-        summary: Mapping[str, Any],
+        summary: RunSummary,
         history: list[dict[str, Any]],
         report: Mapping[str, Any],
         artifacts: list[Path],
         checkpoint: str | None,
-    ) -> dict[str, Any]:
+    ) -> TrackingRecord:
         """Records the results, registers the model, runs the champion gate and ends the run.
 
-        Returns the items the runner merges into ``summary.json``.
+        Returns where the run landed (the runner adds it to ``summary.json``).
 
         Raises:
           TrackingError: the results could not be recorded (the run is marked FAILED and
@@ -282,25 +284,29 @@ class Session:
             client.log_batch(
                 run_id,
                 tags=[
-                    RunTag("mlp_jax.resumed_from_epoch", str(summary.get("resumed_from_epoch"))),
+                    RunTag("mlp_jax.resumed_from_epoch", str(summary.resumed_from_epoch)),
                     RunTag("mlp_jax.best_checkpoint", str(checkpoint)),
                 ],
             )
-            out: dict[str, Any] = {
-                "mlflow_run_id": run_id,
-                "mlflow_experiment_id": client.get_run(run_id).info.experiment_id,
-                "mlflow_tracking_uri": self.uri,
-                "registered_model": cfg.registered_model,
-                "model_version": None,
-                "model_uri": None,
-                "champion": False,
-            }
+            out = TrackingRecord(
+                mlflow_run_id=run_id,
+                mlflow_experiment_id=client.get_run(run_id).info.experiment_id,
+                mlflow_tracking_uri=self.uri,
+                registered_model=cfg.registered_model,
+            )
             if checkpoint is None:
                 mlflow.log_metrics(final, run_id=run_id, dataset=self.mlflow_dataset)
                 print("mlflow: no checkpoint to register", flush=True)
             else:
-                out.update(self._register(checkpoint, summary, final))
-            record = {k: v for k, v in {**summary, **out}.items() if k != "timings"}
+                reg = self._register(checkpoint, summary, final)
+                out = dataclasses.replace(
+                    out,
+                    model_version=reg.model_version,
+                    model_uri=reg.model_uri,
+                    champion=reg.champion,
+                    champion_gate=reg.gate,
+                )
+            record = {**summary.to_dict(), **out.to_dict()}
             client.log_dict(run_id, json.loads(json.dumps(record, default=str)), "summary.json")
             self._end("FINISHED")
             self._pending_version = None
@@ -311,30 +317,21 @@ class Session:
         self.write_run_file(workdir, "FINISHED")
         return out
 
-    def _final_metrics(self, summary: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, float]:
+    def _final_metrics(self, summary: RunSummary, report: Mapping[str, Any]) -> dict[str, float]:
         values = {
-            "test_accuracy": summary.get("test_accuracy"),
-            "test_loss": summary.get("test_loss"),
-            "test_roc_auc": summary.get("test_roc_auc"),
+            **summary.metrics,
             "test_macro_f1": report.get("macro_avg", {}).get("f1-score"),
             "test_weighted_f1": report.get("weighted_avg", {}).get("f1-score"),
-            "best_val_loss": summary.get("best_val_loss"),
-            "best_val_rmse": summary.get("best_val_rmse"),
-            "best_val_r2": summary.get("best_val_r2"),
-            "test_rmse": summary.get("test_rmse"),
-            "test_mae": summary.get("test_mae"),
-            "test_r2": summary.get("test_r2"),
-            "best_val_accuracy": summary.get("best_val_accuracy"),
-            "best_epoch": summary.get("best_epoch"),
-            "epochs_run": summary.get("epochs_run"),
-            "train_samples_per_second_mean": summary.get("train_samples_per_second"),
-            "compile_seconds": summary.get("compile_seconds"),
+            "best_epoch": summary.best_epoch,
+            "epochs_run": summary.epochs_run,
+            "train_samples_per_second_mean": summary.train_samples_per_second,
+            "compile_seconds": summary.compile_seconds,
         }
         return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
-    def _register(self, checkpoint: str, summary: Mapping[str, Any], final: dict[str, float]) -> dict[str, Any]:
+    def _register(self, checkpoint: str, summary: RunSummary, final: dict[str, float]) -> registry.Registration:
         """Logs the model, registers a version and runs the champion gate (:mod:`mlp_jax.registry`)."""
-        from mlp_jax import pyfunc, registry
+        from mlp_jax import pyfunc
 
         info = pyfunc.log_model(
             checkpoint,
@@ -348,7 +345,7 @@ class Session:
             run_id=self.run_id,
             name=self.config.tracking.registered_model,
             experiment=self.config.name,
-            val_loss=float(summary.get(registry.GATE_METRICS[self.dataset.task]) or math.nan),
+            val_loss=float(summary.metric(registry.GATE_METRICS[self.dataset.task]) or math.nan),
             metric=registry.GATE_METRICS[self.dataset.task],
             dataset_digest=self.dataset.digest,
             dataset_source=str(self.dataset.source),

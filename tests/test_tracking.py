@@ -21,6 +21,7 @@ import pytest
 
 from mlp_jax import registry, runner
 from mlp_jax.config import to_flat_dict
+from mlp_jax.summary import RunSummary
 from tests.helpers import (
     MODEL,
     ROOT,
@@ -205,7 +206,7 @@ def test_a_model_that_cannot_predict_is_not_registered_and_the_run_fails(store, 
     report = json.loads((workdir / "plots" / "classification_report.json").read_text())
     with pytest.raises(tracking.TrackingError, match="failed to load and predict"):
         try:
-            session.finish(store.folder, summary, [], report, [], str(broken / str(step)))
+            session.finish(store.folder, RunSummary.from_dict(summary), [], report, [], str(broken / str(step)))
         except BaseException as e:
             session.abort(e)
             raise
