@@ -351,6 +351,7 @@ def _load_step(workdir: Path, step: int, device: jax.Device | None) -> LoadedArt
     except CheckpointError:
         raise
     except Exception as e:  # Orbax / tensorstore raise many types for missing or damaged files
+        _silence_closed_loop_noise()
         raise CheckpointError(
             f"checkpoint step {workdir / str(step)} is damaged or unreadable: {type(e).__name__}: {_first_line(e)}"
         ) from None
@@ -360,7 +361,32 @@ def _load_step(workdir: Path, step: int, device: jax.Device | None) -> LoadedArt
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:500]
+    line = (str(e).strip().splitlines() or [""])[0]
+    return line.split(" [tensorstore_spec")[0][:400]  # tensorstore appends its whole JSON spec
+
+
+_previous_unraisable_hook = sys.unraisablehook
+
+
+def _quiet_closed_loop(unraisable: Any) -> None:
+    """Drops tensorstore's late callbacks into Orbax's closed event loop; passes everything else on.
+
+    When a restore fails on a damaged file, Orbax's ``asyncio.run`` ends while tensorstore
+    still holds reads of the other arrays; each then calls back into the closed loop and
+    Python prints ``RuntimeError: Event loop is closed`` as an unraisable exception (about
+    ten tracebacks before the real, one-line error; issue #16). They carry no information.
+    """
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+        return
+    _previous_unraisable_hook(unraisable)
+
+
+def _silence_closed_loop_noise() -> None:
+    if sys.unraisablehook is not _quiet_closed_loop:
+        global _previous_unraisable_hook
+        _previous_unraisable_hook = sys.unraisablehook
+        sys.unraisablehook = _quiet_closed_loop
 
 
 def _best_params_format_1(

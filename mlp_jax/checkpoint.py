@@ -160,7 +160,8 @@ class Checkpointer:
             tree = self.manager.restore(step, args=args)
             jax.block_until_ready((tree["state"], tree["best_params"]))
         except Exception as e:  # tensorstore raises for truncated or missing chunk files
-            first = (str(e).strip().splitlines() or [""])[0][:300]
+            artifact._silence_closed_loop_noise()
+            first = artifact._first_line(e)
             raise _Damaged(f"checkpoint step {self.step_path(step)} is damaged: {type(e).__name__}: {first}") from e
         return Restored(step, tree["state"], tree["best_params"], meta)
 

@@ -238,3 +238,26 @@ def test_every_step_damaged_is_one_clear_error(tmp_path, tiny_csv):
         A.load(cfg.resolved_workdir)
     with pytest.raises(A.CheckpointError, match="no intact checkpoint step to resume"):
         T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+
+
+@pytest.mark.slow
+def test_serving_a_damaged_step_fails_with_one_clear_line(tmp_path, tiny_csv):
+    """No tracebacks (Orbax's late 'Event loop is closed' callbacks included): one line naming the step."""
+    cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "2", "train.checkpoint_every": "2"})
+    T.fit(cfg, D.prepare(cfg.data, cfg.seed, verbose=False), workdir=cfg.resolved_workdir, progress=False)
+    step = Path(cfg.resolved_workdir) / "2"
+    _truncate_arrays(step)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    for model in (step, Path(cfg.resolved_workdir)):
+        out = subprocess.run(
+            [sys.executable, "-m", "mlp_jax.serve", "--model", str(model), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert out.returncode == 1
+        assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, out.stderr[-2000:]
+        (line,) = [x for x in out.stderr.splitlines() if x.strip()]
+        assert line.startswith("error: cannot serve") and "/2 is damaged or unreadable" in line
