@@ -23,7 +23,11 @@ def batched_probabilities(
     graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192
 ) -> np.ndarray:
     """Class probabilities ``[rows, n_classes]`` for preprocessed rows, in fixed-size padded batches (one compile)."""
-    f = jax.jit(probabilities_fn(graphdef))
+    return _in_batches(jax.jit(probabilities_fn(graphdef)), params, x, batch_size)
+
+
+def _in_batches(f: Any, params: nnx.State, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``f(params, chunk)`` over ``x`` in equal padded chunks (one shape, one compile), concatenated."""
     n = len(x)
     b = min(batch_size, max(n, 1))
     out = []
@@ -69,17 +73,7 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, classes: Sequen
 
 def batched_outputs(graphdef: nnx.GraphDef, params: nnx.State, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
     """The network's raw outputs ``[rows, n_outputs]`` (standardised regression targets), padded batches."""
-    f = jax.jit(lambda p, xb: apply(graphdef, p, xb))
-    out = []
-    n = len(x)
-    b = min(batch_size, max(n, 1))
-    for i in range(0, n, b):
-        chunk = x[i : i + b]
-        pad = b - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, x.shape[1]), x.dtype)])
-        out.append(np.asarray(f(params, chunk))[: b - pad])
-    return np.concatenate(out)
+    return _in_batches(jax.jit(lambda p, xb: apply(graphdef, p, xb)), params, x, batch_size)
 
 
 def regression_report(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str]) -> dict[str, Any]:
