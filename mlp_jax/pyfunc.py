@@ -179,7 +179,7 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
         )
     finally:
         logger.removeHandler(failures)
-        shutil.rmtree(exported, ignore_errors=True)  # [export hook]
+        shutil.rmtree(exported.parent, ignore_errors=True)  # [export hook]
     if failures.errors:
         raise CheckpointError(
             f"the model logged from {workdir / str(step)} failed to load and predict its input example "
@@ -194,11 +194,11 @@ def _exported_folder(step_folder: Path) -> Path:
 
     from mlp_jax.export import export_artifact
 
-    out = Path(tempfile.mkdtemp(prefix="mlp-jax-exported-"))
+    out = Path(tempfile.mkdtemp(prefix="mlp-jax-")) / EXPORTED_ARTIFACT  # MLflow keeps the folder's name
     try:
         export_artifact(artifact.load(step_folder), out)
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out.parent, ignore_errors=True)
         raise
     return out
 

@@ -201,3 +201,19 @@ def test_cli_exports_a_workdir_and_refuses_a_non_checkpoint(cases, tmp_path, cap
     assert "stablehlo" in capsys.readouterr().out
     assert export.main(["--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "cannot export" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_logged_mlflow_model_carries_the_exported_folder(cases, tmp_path, monkeypatch, mlflow_db):
+    mlflow = pytest.importorskip("mlflow")
+    from mlp_jax import pyfunc
+    from tests.helpers import use_store
+
+    use_store(monkeypatch, tmp_path, mlflow_db(tmp_path))
+    c = cases["tiny"]
+    with mlflow.start_run():
+        info = pyfunc.log_model(c.reference.checkpoint.path)
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
+    exported = next(local.rglob("forward.stablehlo")).parent
+    assert exported.name == "exported" and (exported / "model.onnx").is_file()
+    _assert_close(Predictor.load(exported).predict_outputs(c.frame), c.reference.predict_outputs(c.frame), PROBS_TOL)
