@@ -178,12 +178,17 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Path, buckets: Sequence[int] = DEFAULT_BUCKETS) -> Predictor:
-        """From a workdir, a step folder, or an MLflow URI (``models:/NAME@alias``, ``runs:/ID/model``).
+        """From a workdir, a step folder, an MLflow URI (``models:/NAME@alias``, ``runs:/ID/model``),
+        or an exported folder (``python -m mlp_jax.export``; gives an ``ExportedPredictor``).
 
         Raises:
           mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
         """
         where = model_uri.resolve(model)  # CheckpointError names a bad store, name, alias or version
+        if (where.path / "forward.stablehlo").is_file():  # [export hook] a folder from mlp_jax.export
+            from mlp_jax.export import ExportedPredictor
+
+            return ExportedPredictor(where.path, buckets, source=where.source, name=where.name, version=where.version)
         return cls(artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version)
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ import pandas as pd
 from mlp_jax import artifact
 from mlp_jax.artifact import ArtifactMeta, CheckpointError
 from mlp_jax.model_uri import CHECKPOINT_ARTIFACT, MODEL_NAME_IN_RUN
+
+#: [export hook] The exported folder's artifact key (= mlp_jax.export.EXPORTED_ARTIFACT; not imported: jax).
+EXPORTED_ARTIFACT = "exported"
 
 #: What the model needs at inference (pinned to the versions installed when it was logged).
 RUNTIME_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pandas", "mlflow")
@@ -162,11 +166,12 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
     failures = _ValidationFailures()
     logger = logging.getLogger("mlflow.models.model")
     logger.addHandler(failures)
+    exported = _exported_folder(workdir / str(step))  # [export hook]
     try:
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).resolve()),
-            artifacts={CHECKPOINT_ARTIFACT: str(workdir / str(step))},
+            artifacts={CHECKPOINT_ARTIFACT: str(workdir / str(step)), EXPORTED_ARTIFACT: str(exported)},
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
@@ -174,12 +179,28 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
         )
     finally:
         logger.removeHandler(failures)
+        shutil.rmtree(exported.parent, ignore_errors=True)  # [export hook]
     if failures.errors:
         raise CheckpointError(
             f"the model logged from {workdir / str(step)} failed to load and predict its input example "
             f"in MLflow: {failures.errors[-1]}"
         )
     return info
+
+
+def _exported_folder(step_folder: Path) -> Path:
+    """[export hook] The step exported (StableHLO + ONNX when installed, :mod:`mlp_jax.export`) into a temp folder."""
+    import tempfile
+
+    from mlp_jax.export import export_artifact
+
+    out = Path(tempfile.mkdtemp(prefix="mlp-jax-")) / EXPORTED_ARTIFACT  # MLflow keeps the folder's name
+    try:
+        export_artifact(artifact.load(step_folder), out)
+    except BaseException:
+        shutil.rmtree(out.parent, ignore_errors=True)
+        raise
+    return out
 
 
 class _ValidationFailures(logging.Handler):
