@@ -141,6 +141,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             "best_epoch": result.best_epoch,
             **best_val,
             "epochs_run": result.epochs_run,
+            "train_budget": result.resolved,  # batch size / epochs / patience after "auto"
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from,
             "train_samples_per_second": result.train_samples_per_second,
@@ -158,7 +159,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         }
         if config.train.compare_sklearn:
             t = time.perf_counter()
-            summary["sklearn"] = sklearn_reference(config, dataset)
+            summary["sklearn"] = sklearn_reference(result.config or config, dataset)
             timings["sklearn"] = time.perf_counter() - t
 
         if session is not None:
