@@ -40,7 +40,6 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -318,7 +317,9 @@ def targets(results: dict[str, Any]) -> list[str]:
             f"({100 * (ours - hgb):+.2f} points; target >= -0.5): {'met' if ok else 'missed'}"
         )
     if reg and all("ours" in results[t]["contenders"] for t in reg):
-        ratio = np.mean([results[t]["contenders"]["ours"]["rmse"][0] / results[t]["contenders"]["HistGB"]["rmse"][0] for t in reg])
+        ratio = np.mean(
+            [results[t]["contenders"]["ours"]["rmse"][0] / results[t]["contenders"]["HistGB"]["rmse"][0] for t in reg]
+        )
         lines.append(
             f"- regression, mean RMSE ratio ours / HistGB over {len(reg)} tables: {ratio:.3f} "
             f"(target <= 1.03): {'met' if ratio <= 1.03 else 'missed'}"
@@ -381,7 +382,11 @@ CANDIDATES: dict[str, list[str]] = {
         "optim.name=adamw",
         "optim.weight_decay=0.01",
     ],
-    "rule, 256,256, dropout 0.2, lr 2e-3": ["model.hidden_sizes=256,256", "model.dropout=0.2", "optim.learning_rate=0.002"],
+    "rule, 256,256, dropout 0.2, lr 2e-3": [
+        "model.hidden_sizes=256,256",
+        "model.dropout=0.2",
+        "optim.learning_rate=0.002",
+    ],
 }
 
 
