@@ -174,7 +174,7 @@ def create_states(
     ``swept``: the swept keys; a swept dropout rate or label smoothing becomes a traced
     per-member value (an unswept one stays as a single run has it).
     """
-    cfg0 = members[0].config
+    cfg0 = resolve_auto(members[0].config, n_train)  # auto batch size / epochs from the training rows
     tc = cfg0.train
     spe = max(train.steps_per_epoch(n_train, tc.batch_size), 1)
     decay = any(m.config.optim.weight_decay > 0 for m in members)
