@@ -487,15 +487,28 @@ def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
             raise
         raise DataError(f"{table.source}: cannot split: {e}") from None
     parts = {k: frame.iloc[ix] for k, ix in (("train", train), ("val", val), ("test", test))}
+    if cfg.task == "regression":
+        target = None  # statistics from train only
+    return _fit_transform(parts, cfg, target, table.source, table.digest, dropped)
+
+
+def _fit_transform(
+    parts: dict[str, pd.DataFrame],
+    cfg: DataConfig,
+    target: TargetSpec | None,
+    source: str,
+    digest: str,
+    dropped: int = 0,
+) -> Dataset:
+    """Fits the preprocessing (and ``target`` when None) on ``parts["train"]``; transforms all three."""
     try:
-        if cfg.task == "regression":
-            target = TargetSpec.fit(parts["train"], cfg.task, names)  # statistics from train only
+        if target is None:
+            target = TargetSpec.fit(parts["train"], cfg.task, cfg.target_names)
         pre = Preprocessor.fit(parts["train"], cfg)
         xs = {k: pre.transform(f).x for k, f in parts.items()}
         ys = {k: target.encode(f) for k, f in parts.items()}
     except FeatureError as e:
-        raise DataError(f"{table.source}: {e}") from None
-    test_frame = parts["test"].copy()
+        raise DataError(f"{source}: {e}") from None
     return Dataset(
         xs["train"],
         ys["train"],
@@ -507,11 +520,42 @@ def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
         classes=target.classes,
         preprocessor=pre,
         target=target,
-        source=table.source,
-        digest=table.digest,
+        source=source,
+        digest=digest,
         dropped_target_rows=dropped,
-        test_frame=test_frame,
+        test_frame=parts["test"].copy(),
     )
+
+
+def from_frames(
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    test: pd.DataFrame,
+    cfg: DataConfig,
+    source: str = "frames",
+) -> Dataset:
+    """A :class:`Dataset` from a split made elsewhere (e.g. a benchmark's shared splits).
+
+    Everything is fitted on ``train`` only: the target (classes, or regression mean/scale) and
+    the preprocessing (``cfg``'s roles, imputation, scaling, categories); ``val`` and ``test`` are
+    only transformed. Rows must all have a target value. ``digest`` is a hash of the three
+    frames' contents, so a checkpoint is tied to these rows.
+
+    Raises:
+      DataError: a missing target column or value, a validation/test class unseen in
+        training, or a column problem (named).
+    """
+    parts = {"train": train, "val": val, "test": test}
+    for name, f in parts.items():
+        absent = [t for t in cfg.target_names if t not in f.columns]
+        if absent:
+            raise DataError(f"{source}: target column {absent[0]!r} not in the {name} frame")
+        if len(f) == 0 or not f[list(cfg.target_names)].notna().all().all():
+            raise DataError(f"{source}: the {name} frame is empty or has rows without a target value")
+    h = hashlib.sha256()
+    for f in parts.values():
+        h.update(pd.util.hash_pandas_object(f, index=False).to_numpy().tobytes())
+    return _fit_transform(parts, cfg, None, source, h.hexdigest()[:16])
 
 
 def _is_text_column(values: pd.Series) -> bool:

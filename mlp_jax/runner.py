@@ -138,7 +138,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         sklearn = None
         if config.train.compare_sklearn:
             t = time.perf_counter()
-            sklearn = sklearn_reference(config, dataset)
+            sklearn = sklearn_reference(result.config or config, dataset)
             timings["sklearn"] = time.perf_counter() - t
         summary = RunSummary(
             experiment=config.name,
@@ -147,6 +147,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             metrics={**test_metrics, **best_val},
             best_epoch=result.best_epoch,
             epochs_run=result.epochs_run,
+            train_budget=result.resolved,
             stopped_early=result.stopped_early,
             resumed_from_epoch=result.resumed_from,
             train_samples_per_second=result.train_samples_per_second,

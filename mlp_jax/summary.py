@@ -36,6 +36,7 @@ class RunSummary:
     metrics: dict[str, float | None]
     best_epoch: int
     epochs_run: int
+    train_budget: dict[str, int]  # batch_size / epochs / patience after "auto" (train.*=0) was resolved
     stopped_early: bool
     resumed_from_epoch: int | None
     train_samples_per_second: float
@@ -70,7 +71,14 @@ class RunSummary:
         names = {f.name for f in dataclasses.fields(cls)} - {"metrics"}
         known = {k: d[k] for k in names if k in d}
         metrics = {k: v for k, v in d.items() if k.startswith(("test_", "best_val_"))}
-        defaults = {"task": "classification", "roles": [], "targets": [], "dropped_target_rows": 0, "classes": []}
+        defaults = {
+            "task": "classification",
+            "roles": [],
+            "targets": [],
+            "dropped_target_rows": 0,
+            "classes": [],
+            "train_budget": {},
+        }
         return cls(metrics=metrics, **{**defaults, **known})
 
 

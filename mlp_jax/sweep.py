@@ -64,6 +64,7 @@ from mlp_jax.config import (
     SweepConfig,
     diff,
     from_dict,
+    resolve_auto,
     sweep_axes,
     to_flat_dict,
     to_json,
@@ -173,7 +174,7 @@ def create_states(
     ``swept``: the swept keys; a swept dropout rate or label smoothing becomes a traced
     per-member value (an unswept one stays as a single run has it).
     """
-    cfg0 = members[0].config
+    cfg0 = resolve_auto(members[0].config, n_train)  # auto batch size / epochs from the training rows
     tc = cfg0.train
     spe = max(train.steps_per_epoch(n_train, tc.batch_size), 1)
     decay = any(m.config.optim.weight_decay > 0 for m in members)
@@ -476,10 +477,10 @@ def run_sweep(
         raise SweepError("sweeps run in one process (members are sharded over its local devices)")
     if dataset.task != "classification":
         raise SweepError("sweeps train classification tables for now (the ensemble averages probabilities)")
-    members = expand(config)
+    n_train = len(dataset.y_train)
+    members = [dataclasses.replace(m, config=resolve_auto(m.config, n_train)) for m in expand(config)]
     swept = [a.key for a in sweep_axes(config)]
     groups = group_members(members)
-    n_train = len(dataset.y_train)
     for g in groups:
         if n_train < g[0].config.train.batch_size:
             raise ConfigError(

@@ -32,7 +32,7 @@ from mlp_jax import model as model_lib
 from mlp_jax import optim
 from mlp_jax.artifact import ArtifactMeta, DataInfo, NetworkSpec
 from mlp_jax.checkpoint import Checkpointer
-from mlp_jax.config import Config, ConfigError, to_json
+from mlp_jax.config import Config, ConfigError, resolve_auto, to_json
 from mlp_jax.data import Dataset
 from mlp_jax.distributed import local_copy, make_mesh, put_replicated, put_rows
 from mlp_jax.writer import MetricWriter, NullWriter
@@ -99,6 +99,7 @@ def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "c
 
     ``n_train`` (training rows) sets the steps per epoch, which learning-rate schedules need.
     """
+    config = resolve_auto(config, n_train)
     graphdef, params = nnx.split(spec.create(config.seed))
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
     ls = config.train.label_smoothing if task == "classification" else 0.0
@@ -343,6 +344,13 @@ class FitResult:
     last_checkpoint: str | None  # the last step saved; it carries the best parameters too
     n_devices: int = 1
     n_processes: int = 1
+    config: Config | None = None  # the config trained with: auto batch size / epochs / patience resolved
+
+    @property
+    def resolved(self) -> dict[str, int]:
+        """The batch size, epoch budget and patience this run used (after "auto")."""
+        t = self.config.train if self.config is not None else None
+        return {"batch_size": t.batch_size, "epochs": t.epochs, "patience": t.patience} if t else {}
 
 
 def fit(
@@ -356,14 +364,17 @@ def fit(
 
     Resumes from the latest checkpoint in ``workdir`` when there is one (refusing one
     written with a different config, the epoch budget aside). ``workdir=None`` trains
-    without checkpoints.
+    without checkpoints. Auto ``train.batch_size`` / ``epochs`` / ``patience`` are resolved
+    from the training rows first (:func:`mlp_jax.config.resolve_auto`); checkpoints and
+    ``FitResult.config`` hold the resolved values.
     """
     writer = writer or NullWriter()
+    n_train = len(dataset.y_train)
+    config = resolve_auto(config, n_train)
     tc = config.train
     mesh = make_mesh(tc.num_devices)
     n_dev = mesh.devices.size
     check_batch_divides(config, n_dev)
-    n_train = len(dataset.y_train)
     if n_train < tc.batch_size:
         raise ConfigError(f"train.batch_size: {tc.batch_size} is larger than the {n_train} training rows")
     replicated = NamedSharding(mesh, P())
@@ -470,6 +481,7 @@ def fit(
         last_checkpoint=last_checkpoint,
         n_devices=n_dev,
         n_processes=jax.process_count(),
+        config=config,
     )
 
 

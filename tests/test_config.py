@@ -57,7 +57,8 @@ def test_overrides_parse_each_type():
         ("model.hidden_sizes=128,x", "model.hidden_sizes: expected int"),
         ("model.hidden_sizes=0", "model.hidden_sizes: needs positive sizes"),
         ("data.val_fraction=1.5", "data.val_fraction: must be in (0, 1)"),
-        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("train.batch_size=-1", "train.batch_size: must be >= 1 (0 = auto)"),
+        ("train.patience=-2", "train.patience: must be >= 0"),
         ("noequals", "not of the form key=value"),
     ],
 )
@@ -83,3 +84,29 @@ def test_help_lists_every_key_with_type_and_default():
         assert key in text
     assert "model.hidden_sizes" in text and "int,..." in text and "default: 128,64" in text
     assert "{adam,adamw,sgd}" in text
+
+
+@pytest.mark.parametrize(
+    ("n_train", "expected"),
+    [
+        (10, {"batch_size": 10, "epochs": 200, "patience": 20}),  # never more than the training rows
+        (105, {"batch_size": 16, "epochs": 200, "patience": 20}),  # iris: 6 steps per epoch, not 1
+        (280, {"batch_size": 16, "epochs": 200, "patience": 20}),  # a 400-row table: 17 steps per epoch
+        (1_500, {"batch_size": 88, "epochs": 200, "patience": 20}),
+        (14_000, {"batch_size": 256, "epochs": 100, "patience": 10}),
+        (70_000, {"batch_size": 256, "epochs": 30, "patience": 5}),
+    ],
+)
+def test_auto_budget_follows_the_training_rows(n_train, expected):
+    assert C.auto_budget(n_train) == expected
+    resolved = C.resolve_auto(C.Config(), n_train).train
+    assert (resolved.batch_size, resolved.epochs, resolved.patience) == tuple(expected.values())
+    assert resolved.batch_size % 8 == 0 or resolved.batch_size == n_train
+    assert n_train // resolved.batch_size >= (16 if n_train >= 256 else 1)
+
+
+def test_explicit_budget_is_kept_and_resolution_is_deterministic():
+    cfg = C.apply_overrides(C.Config(), ["train.batch_size=64", "train.patience=0"])
+    r = C.resolve_auto(cfg, 500).train
+    assert (r.batch_size, r.epochs, r.patience) == (64, 200, 0)  # patience 0 = never stop early, not auto
+    assert C.resolve_auto(cfg, 500) == C.resolve_auto(cfg, 500) == C.resolve_auto(C.resolve_auto(cfg, 500), 500)

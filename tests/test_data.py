@@ -222,3 +222,32 @@ def test_float_integer_labels_become_ints(tmp_path):
     frame["target"] = frame["target"].astype(float)
     frame.to_csv(path, index=False)
     assert D.prepare(C.DataConfig(path=str(path)), 0).classes == (0, 1)
+
+
+def test_from_frames_fits_on_train_only_and_keeps_the_rows():
+    rng = np.random.default_rng(0)
+    frames = []
+    for n, shift, colours in ((80, 0.0, ["red", "blue"]), (20, 100.0, ["green"]), (15, 0.0, ["red", None])):
+        f = pd.DataFrame({"a": rng.normal(shift, 1, n), "colour": rng.choice(colours, n)})
+        f["y"] = f["a"] * 2 + 1
+        frames.append(f)
+    cfg = C.DataConfig(target="y", task="regression", min_category_count=1)
+    ds = D.from_frames(*frames, cfg)
+    assert ds.split_sizes() == {"train": 80, "val": 20, "test": 15}
+    assert ds.target.mean[0] == pytest.approx(frames[0]["y"].mean())  # target statistics from train only
+    assert ds.preprocessor.columns[0].name == "a"
+    assert np.all(ds.x_val[:, 0] == cfg.clip)  # val's shifted values clip: scaled with train's statistics
+    assert ds.digest == D.from_frames(*frames, cfg).digest != D.from_frames(frames[0], frames[2], frames[1], cfg).digest
+    pd.testing.assert_frame_equal(ds.test_frame, frames[2])
+
+
+def test_from_frames_classes_come_from_train():
+    train, val = _frame(60, 0), _frame(20, 1)
+    cfg = C.DataConfig(target="label")
+    ds = D.from_frames(train, val, val, cfg)
+    assert ds.classes == ("no", "yes") and ds.y_val.dtype == np.int32
+    val.loc[val.index[0], "label"] = "maybe"
+    with pytest.raises(D.DataError, match="maybe"):
+        D.from_frames(train, val, val, cfg)
+    with pytest.raises(D.DataError, match="without a target"):
+        D.from_frames(train, val.assign(label=None), val, cfg)
