@@ -17,6 +17,12 @@ When a batch is cut (the design, with the figures that chose it):
   oldest request has waited ``max_wait_s``. A request that is alone is therefore never
   held back by the timer: it costs one empty turn, and ``BatcherStats.reasons`` records
   it as ``"idle"``, not ``"max_wait"``.
+- A request that finds the batcher idle (nothing queued, gathering or running) takes a
+  shorter road to the same decision: it yields the one loop turn itself and, if nobody
+  joined, runs its rows inline and returns, with no dispatcher wake-up and no future
+  (~60 -> ~95 us with the dispatcher's road, ~35 us of pure event-loop hand-offs per lone
+  request, measured in process). If somebody did join, it puts itself at the head of the
+  queue and the dispatcher takes over as above, so coalescing is unchanged.
 - One batch is in flight at a time (there is one device); requests arriving meanwhile
   queue and form the next batch.
 - Small batches (``<= inline_rows``) run on the event loop thread; larger ones in one
@@ -142,6 +148,8 @@ class MicroBatcher:
         self._dispatcher: asyncio.Task[None] | None = None
         self._idle: asyncio.Event | None = None  # set when nothing is queued or in flight
         self._executor: ThreadPoolExecutor | None = None
+        self._probing = False  # a lone request is taking its loop turn (see submit)
+        self._in_flight = False  # the dispatcher is gathering or running a batch
 
     # -------------------------------------------------------------------- public
 
@@ -154,11 +162,14 @@ class MicroBatcher:
     def closing(self) -> bool:
         return self._closing
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
+    async def submit(self, x: np.ndarray, *, alone: bool = False) -> np.ndarray:
         """This request's ``run`` output rows, computed in a batch with whatever else is queued.
 
         Args:
           x: ``[rows, features]`` float32, already validated (rows >= 1).
+          alone: the caller knows nobody else can join (the server has no other request
+            open): an idle batcher then runs ``x`` at once, without the loop turn it would
+            otherwise give others to join (the answer is the same either way).
 
         Raises:
           QueueFull: the queue is full (at once, nothing queued).
@@ -177,12 +188,49 @@ class MicroBatcher:
         self._ensure_dispatcher()
         assert self._wakeup is not None and self._idle is not None
         loop = asyncio.get_running_loop()
-        item = _Pending(x, loop.create_future(), time.perf_counter())
-        self._queue.append(item)
+        queued_at = time.perf_counter()
+        if not (self._queue or self._probing or self._in_flight) and n <= min(self.inline_rows, self.max_batch):
+            out = self._now(x, queued_at) if alone else await self._alone(x, queued_at)
+            if out is not None:
+                return out
+            item = _Pending(x, loop.create_future(), queued_at)
+            self._queue.appendleft(item)  # others joined during our turn: we were first
+        else:
+            item = _Pending(x, loop.create_future(), queued_at)
+            self._queue.append(item)
         self._queued_rows += n
         self._idle.clear()
         self._wakeup.set()
         return await item.future
+
+    def _now(self, x: np.ndarray, queued_at: float) -> np.ndarray:
+        """Runs a lone request's rows inline, counted as an ``idle`` batch of one."""
+        self._record([x], len(x), queued_at, "idle", time.perf_counter())
+        try:
+            out = self._run(x)
+        except Exception:
+            self.stats.failed_batches += 1
+            raise
+        if len(out) != len(x):
+            raise RuntimeError(f"the model returned {len(out)} rows for a batch of {len(x)}")
+        return out
+
+    async def _alone(self, x: np.ndarray, queued_at: float) -> np.ndarray | None:
+        """The idle batcher's road: one loop turn; nobody joined -> run inline now, else None."""
+        assert self._wakeup is not None and self._idle is not None
+        self._probing = True
+        self._idle.clear()
+        try:
+            await asyncio.sleep(0)  # handlers with a body already here reach submit() and queue
+            if self._queue:
+                return None
+            return self._now(x, queued_at)
+        finally:
+            self._probing = False
+            if self._queue or self._closing:
+                self._wakeup.set()  # the dispatcher waits while we probe
+            elif not self._in_flight:
+                self._idle.set()
 
     async def drain(self) -> None:
         """Waits until everything submitted so far has been answered (admissions stay open)."""
@@ -214,17 +262,22 @@ class MicroBatcher:
     async def _dispatch(self) -> None:
         assert self._wakeup is not None and self._idle is not None
         while True:
-            if not self._queue:
-                self._idle.set()
-                if self._closing:
-                    return
+            if not self._queue or self._probing:  # a probing lone request wakes us when it is done
+                if not self._probing:
+                    self._idle.set()
+                    if self._closing:
+                        return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            reason = await self._gather()
-            batch = self._take()
-            if batch:
-                await self._execute(batch, reason)
+            self._in_flight = True
+            try:
+                reason = await self._gather()
+                batch = self._take()
+                if batch:
+                    await self._execute(batch, reason)
+            finally:
+                self._in_flight = False
 
     async def _gather(self) -> str:
         """Lets runnable handlers join the head request; returns why the batch is cut now."""
@@ -267,22 +320,29 @@ class MicroBatcher:
                 break
         return batch
 
-    async def _execute(self, batch: list[_Pending], reason: str) -> None:
-        x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
-        rows = x.shape[0]
-        start = time.perf_counter()
+    def _record(self, xs: list[np.ndarray], rows: int, queued_at: float | None, reason: str, start: float) -> None:
+        """Counts one batch (``queued_at``: a lone request's, whose wait is observed here)."""
         st = self.stats
         st.batches += 1
-        st.requests += len(batch)
+        st.requests += len(xs)
         st.rows += rows
         st.reasons[reason] += 1
         st.max_batch_rows = max(st.max_batch_rows, rows)
-        st.max_batch_requests = max(st.max_batch_requests, len(batch))
+        st.max_batch_requests = max(st.max_batch_requests, len(xs))
+        if queued_at is not None and self._on_wait is not None:
+            self._on_wait(start - queued_at)
+        if self._on_batch is not None:
+            self._on_batch(rows, len(xs), reason)
+
+    async def _execute(self, batch: list[_Pending], reason: str) -> None:
+        x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+        rows = x.shape[0]
+        st = self.stats
+        start = time.perf_counter()
         if self._on_wait is not None:
             for p in batch:
                 self._on_wait(start - p.queued_at)
-        if self._on_batch is not None:
-            self._on_batch(rows, len(batch), reason)
+        self._record([p.x for p in batch], rows, None, reason, start)
         try:
             if rows <= self.inline_rows:
                 out = self._run(x)

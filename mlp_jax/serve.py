@@ -117,6 +117,10 @@ QUEUE_WAIT = Histogram(
     registry=REGISTRY,
 )
 
+#: HTTP requests this process has open (one event loop per process): with only one open, the
+#: micro-batcher has nobody to wait for and runs the request at once.
+OPEN_REQUESTS = [0]
+
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
 
@@ -129,6 +133,7 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         start = time.perf_counter()
         status = 500
+        OPEN_REQUESTS[0] += 1
 
         async def send_and_note(message: MutableMapping[str, Any]) -> None:
             nonlocal status
@@ -139,6 +144,7 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_and_note)
         finally:
+            OPEN_REQUESTS[0] -= 1
             path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
             REQUESTS.labels(scope["method"], path, str(status)).inc()
             LATENCY.labels(path).observe(time.perf_counter() - start)
@@ -409,7 +415,7 @@ class Service:
 
         x = await anyio.to_thread.run_sync(self.encode, rows) if n > OFFLOAD_ROWS else self.encode(rows)
         if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
-            out = await self.batcher.submit(x)
+            out = await self.batcher.submit(x, alone=OPEN_REQUESTS[0] == 1)
         elif n > OFFLOAD_ROWS:
             out = await anyio.to_thread.run_sync(self.predictor.run_encoded, x)
         else:
@@ -483,10 +489,13 @@ def create_app(
     warmup: bool = True,
     batch_wait_s: float = DEFAULT_MAX_WAIT_S,
     max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
+    batching: bool = True,
 ) -> Litestar:
     """The Litestar app serving ``model`` (a path, an MLflow URI, or a loaded Predictor).
 
     The model is loaded and compiled here, so a bad model fails before any port is bound.
+    ``batching=False`` runs each request's model call on its own (no micro-batcher, no
+    queue, so no 503 for a full queue): the answers are bitwise the same either way.
 
     Raises:
       mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
@@ -562,7 +571,13 @@ def create_app(
 
     # [batcher wiring] begin: the batcher lives as long as the server; a full queue answers 503
     @asynccontextmanager
-    async def batching(_: Litestar) -> AsyncIterator[None]:
+    async def batching_lifespan(_: Litestar) -> AsyncIterator[None]:
+        if not batching:
+            try:
+                yield
+            finally:
+                service.ready = False
+            return
         service.batcher = MicroBatcher(
             predictor.run_encoded,
             max_batch=predictor.buckets[-1],
@@ -591,7 +606,7 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         exception_handlers={HTTPException: on_http_error, QueueFull: on_overload, Exception: on_unexpected},
-        lifespan=[batching],  # [batcher wiring]
+        lifespan=[batching_lifespan],  # [batcher wiring]
         middleware=[metrics_middleware],
         request_max_body_size=max_body_bytes,
         openapi_config=docs_config(),
@@ -649,6 +664,7 @@ def worker_app() -> Litestar:
         max_body_bytes=spec["max_body_bytes"],
         batch_wait_s=spec["batch_wait_s"],  # [batcher wiring]
         max_queue_rows=spec["max_queue_rows"],  # [batcher wiring]
+        batching=spec.get("batching", True),
     )
 
 
@@ -676,6 +692,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_MAX_QUEUE_ROWS,
         help="queued rows past which requests answer 503 with Retry-After (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="run every request's model call on its own, without the micro-batcher (same answers; for comparisons)",
     )
     # [batcher wiring] end
     args = p.parse_args(argv)
@@ -713,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             max_body_bytes=args.max_body_bytes,
             batch_wait_s=args.batch_wait_ms / 1e3,  # [batcher wiring]
             max_queue_rows=args.max_queue_rows,  # [batcher wiring]
+            batching=not args.no_batching,
         )
     except (CheckpointError, PredictorError) as e:
         print(f"error: cannot serve --model {args.model}: {e}", file=sys.stderr)
@@ -748,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_body_bytes": args.max_body_bytes,
                 "batch_wait_s": args.batch_wait_ms / 1e3,  # [batcher wiring]
                 "max_queue_rows": args.max_queue_rows,  # [batcher wiring]
+                "batching": not args.no_batching,
             }
         )
         uvicorn.run("mlp_jax.serve:worker_app", factory=True, workers=args.workers, **server_options)
