@@ -412,7 +412,7 @@ def serving_targets(args: argparse.Namespace) -> int:
             ("c1 ours", "batched", list_body, 1),
             ("c1 ours unbatched", "unbatched", list_body, 1),
         ]
-        for case, server, body, c in cases:  # warm every server and path once
+        for _case, server, body, c in cases:  # warm every server and path once
             wrk_full(url[server], body, c, args.warmup, args.threads, tmp / "w.lua")
         runs: dict[str, list[tuple]] = {case: [] for case, *_ in cases}
         overload: list[dict] = []
