@@ -326,3 +326,98 @@ def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_a
             assert r.headers["Retry-After"] == "1" and "too busy" in r.json()["detail"]
     assert health == [200] * 6
     assert "mlp_jax_batch_rows_bucket" in metrics and "mlp_jax_queue_wait_seconds_bucket" in metrics
+
+
+# ----------------------------------------------------------------------------- the lone-request road
+
+
+def test_a_lone_request_alone_runs_inline_and_others_still_coalesce(predictor):
+    xs = [predictor.encode(random_rows(predictor, n, 50 + n)) for n in (1, 2, 3, 1, 5, 1, 1, 4)]
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> list[np.ndarray]:
+        one = await batcher.submit(xs[0], alone=True)  # nobody else open: no loop turn, no dispatcher
+        assert batcher.stats.reasons["idle"] == 1 and batcher.stats.batches == 1
+        together = await asyncio.gather(*(batcher.submit(x) for x in xs))  # the first probes, the others join
+        await batcher.close()
+        return [one, *together]
+
+    one, *together = asyncio.run(main())
+    assert np.array_equal(one, predictor.run_encoded(xs[0]))
+    for got, x in zip(together, xs, strict=True):
+        assert np.array_equal(got, predictor.run_encoded(x))
+    assert batcher.stats.requests == 1 + len(xs) and batcher.stats.batches < 1 + len(xs)
+    assert batcher.stats.max_batch_requests > 1
+
+
+def test_a_request_cancelled_while_probing_leaves_the_batcher_working(predictor):
+    x = predictor.encode(random_rows(predictor, 1, 9))
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> np.ndarray:
+        first = asyncio.ensure_future(batcher.submit(x))
+        await asyncio.sleep(0)  # `first` is in its probing turn
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        got = await asyncio.wait_for(batcher.submit(x), 5)
+        await asyncio.wait_for(batcher.drain(), 5)
+        await batcher.close()
+        return got
+
+    assert np.array_equal(asyncio.run(main()), predictor.run_encoded(x))
+
+
+# ----------------------------------------------------------------------------- the service with and without batching
+
+
+def _bodies(predictor: Predictor) -> list[dict]:
+    rows = random_rows(predictor, 40, 11).astype(np.float64)
+    names = list(predictor.feature_names)
+    return [
+        {"features": rows[0].tolist()},
+        {"features": dict(zip(names, rows[1].tolist(), strict=True))},
+        {"instances": rows[2:40].tolist()},
+        {"features": rows[3].tolist()[:-1]},  # 400: too short
+        {"features": [*rows[4].tolist()[:-1], "x"]},  # 400: text in a numeric model
+        {"instances": []},  # 400: no rows
+        {"nope": 1},  # 400: unknown field
+    ]
+
+
+def test_predict_answers_are_byte_identical_batched_unbatched_and_without_the_fast_path(predictor, monkeypatch):
+    """The /predict fast path and the micro-batcher change no byte of any answer, 200 or 4xx."""
+    from litestar.testing import TestClient
+
+    from mlp_jax import serve
+
+    def answers(**kwargs) -> list[tuple[int, bytes]]:
+        with TestClient(serve.create_app(predictor, **kwargs)) as c:
+            out = [(r.status_code, r.content) for r in (c.post("/predict", json=b) for b in _bodies(predictor))]
+            out.append((0, c.post("/predict", content=b"{", headers={"content-type": "application/json"}).content))
+            out.append((0, c.post("/predict", content=b"{}", headers={"content-type": "text/plain"}).content))
+            return out
+
+    batched, unbatched = answers(), answers(batching=False)
+    monkeypatch.setattr(serve, "FAST_PATH_BYTES", 0)  # every request through Litestar's handler
+    litestar_only = answers()
+    assert batched == unbatched == litestar_only
+    assert [s for s, _ in batched[:7]] == [200, 200, 200, 400, 400, 400, 400]
+
+
+def test_the_fast_path_counts_requests_in_the_metrics(predictor):
+    from litestar.testing import TestClient
+
+    from mlp_jax import serve
+
+    def count(text: str, status: str) -> float:
+        key = f'mlp_jax_http_requests_total{{method="POST",path="/predict",status="{status}"}} '
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(key))
+
+    with TestClient(serve.create_app(predictor)) as c:
+        before = c.get("/metrics").text
+        for b in _bodies(predictor):
+            c.post("/predict", json=b)
+        after = c.get("/metrics").text
+    assert count(after, "200") - count(before, "200") == 3
+    assert count(after, "400") - count(before, "400") == 4
