@@ -176,15 +176,8 @@ class MicroBatcher:
           BatcherClosed: :meth:`close` was called.
           Exception: whatever ``run`` raised for the batch this request was in.
         """
-        if self._closing:
-            self.stats.rejected += 1
-            raise BatcherClosed("the server is shutting down", self.retry_after_s)
         n = len(x)
-        if self._queued_rows and self._queued_rows + n > self.max_queue_rows:
-            self.stats.rejected += 1
-            raise QueueFull(
-                f"too busy: {self._queued_rows} rows queued, the limit is {self.max_queue_rows}", self.retry_after_s
-            )
+        self.admit(n)
         self._ensure_dispatcher()
         assert self._wakeup is not None and self._idle is not None
         loop = asyncio.get_running_loop()
@@ -231,6 +224,22 @@ class MicroBatcher:
                 self._wakeup.set()  # the dispatcher waits while we probe
             elif not self._in_flight:
                 self._idle.set()
+
+    def admit(self, n: int) -> None:
+        """Raises what :meth:`submit` would raise at once for ``n`` rows now (callers may ask before encoding).
+
+        Raises:
+          QueueFull: the queue is full.
+          BatcherClosed: :meth:`close` was called.
+        """
+        if self._closing:
+            self.stats.rejected += 1
+            raise BatcherClosed("the server is shutting down", self.retry_after_s)
+        if self._queued_rows and self._queued_rows + n > self.max_queue_rows:
+            self.stats.rejected += 1
+            raise QueueFull(
+                f"too busy: {self._queued_rows} rows queued, the limit is {self.max_queue_rows}", self.retry_after_s
+            )
 
     async def drain(self) -> None:
         """Waits until everything submitted so far has been answered (admissions stay open)."""

@@ -421,3 +421,41 @@ def test_the_fast_path_counts_requests_in_the_metrics(predictor):
         after = c.get("/metrics").text
     assert count(after, "200") - count(before, "200") == 3
     assert count(after, "400") - count(before, "400") == 4
+
+
+# ----------------------------------------------------------------------------- one named record, without pandas
+
+
+@pytest.mark.parametrize("which", ["penguins", "regression"])
+def test_record_encoder_gives_transform_bitwise_or_declines(which, tmp_path_factory):
+    """Text, gaps, booleans, unknown and null-token categories: the same bits as the general path."""
+    import pandas as pd
+
+    from tests.helpers import trained_penguins, trained_regression
+
+    predictor = Predictor.load((trained_penguins if which == "penguins" else trained_regression)(tmp_path_factory))
+    encode = predictor.preprocessor.record_encoder()
+    names = list(predictor.feature_names)
+    csv = next(predictor.checkpoint.path.parent.parent.glob("*.csv"), None)
+    if which == "penguins":
+        from tests.helpers import penguins_csv
+
+        csv = penguins_csv()
+    frame = pd.read_csv(csv if csv else tmp_path_factory.getbasetemp() / "regression.csv")[names]
+    records = [
+        {c: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for c, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+    first = records[0]
+    text = next(s.name for s in predictor.preprocessor.columns if s.role == "categorical")
+    number = next(s.name for s in predictor.preprocessor.columns if s.role == "numeric")
+    records += [{**first, text: "never seen"}, {**first, text: "NA"}, {**first, text: ""}, {**first, number: None}]
+    records += [{**first, number: 3}, {**first, number: -1e300}]
+    for r in records:
+        got = encode(r)
+        assert got is not None, r
+        want = predictor.encode_counted([r])
+        assert got[0].tobytes() == want[0].tobytes() and got[1] == want[1], r
+    for odd in ({**first, number: "1.5"}, {**first, number: float("inf")}, {**first, text: 3}, {**first, "extra": 1}):
+        assert encode(odd) is None  # the general path decides (and words the error)
+    assert encode({k: v for k, v in first.items() if k != number}) is None
