@@ -19,10 +19,13 @@ When a batch is cut (the design, with the figures that chose it):
   it as ``"idle"``, not ``"max_wait"``.
 - A request that finds the batcher idle (nothing queued, gathering or running) takes a
   shorter road to the same decision: it yields the one loop turn itself and, if nobody
-  joined, runs its rows inline and returns, with no dispatcher wake-up and no future
-  (~60 -> ~95 us with the dispatcher's road, ~35 us of pure event-loop hand-offs per lone
-  request, measured in process). If somebody did join, it puts itself at the head of the
-  queue and the dispatcher takes over as above, so coalescing is unchanged.
+  joined, runs its rows inline and returns, with no dispatcher wake-up and no future (in
+  process, a lone one-row request cost ~95 us through the dispatcher against ~60 us for the
+  bare model call; this road leaves one loop turn, ~3 us, plus its cache effects). If
+  somebody did join, it puts itself at the head of the queue and the dispatcher takes over
+  as above, so coalescing is unchanged. (Skipping even that turn when the server has one
+  request open does not work: uvicorn creates the tasks of every request that arrived
+  together before the first runs, so each would see itself alone and none would coalesce.)
 - One batch is in flight at a time (there is one device); requests arriving meanwhile
   queue and form the next batch.
 - Small batches (``<= inline_rows``) run on the event loop thread; larger ones in one
@@ -162,14 +165,11 @@ class MicroBatcher:
     def closing(self) -> bool:
         return self._closing
 
-    async def submit(self, x: np.ndarray, *, alone: bool = False) -> np.ndarray:
+    async def submit(self, x: np.ndarray) -> np.ndarray:
         """This request's ``run`` output rows, computed in a batch with whatever else is queued.
 
         Args:
           x: ``[rows, features]`` float32, already validated (rows >= 1).
-          alone: the caller knows nobody else can join (the server has no other request
-            open): an idle batcher then runs ``x`` at once, without the loop turn it would
-            otherwise give others to join (the answer is the same either way).
 
         Raises:
           QueueFull: the queue is full (at once, nothing queued).
@@ -183,7 +183,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         queued_at = time.perf_counter()
         if not (self._queue or self._probing or self._in_flight) and n <= min(self.inline_rows, self.max_batch):
-            out = self._now(x, queued_at) if alone else await self._alone(x, queued_at)
+            out = await self._alone(x, queued_at)
             if out is not None:
                 return out
             item = _Pending(x, loop.create_future(), queued_at)

@@ -117,10 +117,6 @@ QUEUE_WAIT = Histogram(
     registry=REGISTRY,
 )
 
-#: HTTP requests this process has open (one event loop per process): with only one open, the
-#: micro-batcher has nobody to wait for and runs the request at once.
-OPEN_REQUESTS = [0]
-
 ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Any]
 
 
@@ -133,7 +129,6 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         start = time.perf_counter()
         status = 500
-        OPEN_REQUESTS[0] += 1
 
         async def send_and_note(message: MutableMapping[str, Any]) -> None:
             nonlocal status
@@ -144,7 +139,6 @@ def metrics_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_and_note)
         finally:
-            OPEN_REQUESTS[0] -= 1
             path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
             REQUESTS.labels(scope["method"], path, str(status)).inc()
             LATENCY.labels(path).observe(time.perf_counter() - start)
@@ -428,7 +422,7 @@ class Service:
 
         x = await anyio.to_thread.run_sync(self.encode, rows) if n > OFFLOAD_ROWS else self.encode(rows)
         if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
-            out = await self.batcher.submit(x, alone=OPEN_REQUESTS[0] == 1)
+            out = await self.batcher.submit(x)
         elif n > OFFLOAD_ROWS:
             out = await anyio.to_thread.run_sync(self.predictor.run_encoded, x)
         else:
@@ -674,7 +668,6 @@ def predict_fast_path(inner: ASGIApp, service: Service, max_body_bytes: int) -> 
             body += message.get("body", b"")
             if not message.get("more_body", False):
                 break
-        OPEN_REQUESTS[0] += 1
         headers = _JSON_HEADERS
         try:
             req = parse_predict(body, content_type)
@@ -691,8 +684,6 @@ def predict_fast_path(inner: ASGIApp, service: Service, max_body_bytes: int) -> 
             headers = [*_JSON_HEADERS, (b"retry-after", str(e.retry_after_s).encode())]
         except Exception:  # unexpected: Litestar's handler logs it and answers the 500 problem
             payload = None
-        finally:
-            OPEN_REQUESTS[0] -= 1
         if payload is None:  # Litestar words the error (it decodes and checks again)
             await inner(scope, _replay(body, receive), send)
             return

@@ -336,7 +336,7 @@ def test_a_lone_request_alone_runs_inline_and_others_still_coalesce(predictor):
     batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
 
     async def main() -> list[np.ndarray]:
-        one = await batcher.submit(xs[0], alone=True)  # nobody else open: no loop turn, no dispatcher
+        one = await batcher.submit(xs[0])  # alone: its own loop turn, then inline, no dispatcher
         assert batcher.stats.reasons["idle"] == 1 and batcher.stats.batches == 1
         together = await asyncio.gather(*(batcher.submit(x) for x in xs))  # the first probes, the others join
         await batcher.close()
