@@ -369,8 +369,10 @@ class Service:
         self.classes = list(predictor.classes)
         self.targets = list(predictor.targets)
         pre = predictor.preprocessor
-        # One named record of a model with text columns: encoded without pandas or per-column numpy.
-        self._one_record = pre.record_encoder() if pre is not None and not predictor.positional else None
+        # One row (a named record, or positional values of an all-numeric model): encoded in plain
+        # Python, without pandas or per-column numpy (same bits; anything unusual takes the general path).
+        self._one_record = pre.record_encoder() if pre is not None else None
+        self._names = predictor.feature_names
 
     def check_count(self, n: int) -> None:
         if n == 0:
@@ -390,8 +392,11 @@ class Service:
             and all(f in rows[0] for f in names)
         ):  # one record of an all-numeric model: as a list, without a DataFrame (~0.5 ms saved)
             rows = [[rows[0][f] for f in names]]
-        if self._one_record is not None and isinstance(rows, list) and len(rows) == 1 and isinstance(rows[0], dict):
-            fast = self._one_record(rows[0])
+        if self._one_record is not None and isinstance(rows, list) and len(rows) == 1:
+            row = rows[0]
+            if type(row) is list and self.predictor.positional and len(row) == len(self._names):
+                row = dict(zip(self._names, row, strict=True))
+            fast = self._one_record(row) if type(row) is dict else None
             if fast is not None:
                 x, unknown = fast
                 for column, k in unknown.items():

@@ -459,3 +459,17 @@ def test_record_encoder_gives_transform_bitwise_or_declines(which, tmp_path_fact
     for odd in ({**first, number: "1.5"}, {**first, number: float("inf")}, {**first, text: 3}, {**first, "extra": 1}):
         assert encode(odd) is None  # the general path decides (and words the error)
     assert encode({k: v for k, v in first.items() if k != number}) is None
+
+
+def test_one_positional_row_takes_the_record_encoder_with_the_same_bits(predictor):
+    """The service's one-row shortcut for an all-numeric model: the same matrix as the numpy path."""
+    from mlp_jax.serve import Service
+
+    service = Service(predictor, 100)
+    rows = random_rows(predictor, 50, 21).astype(np.float64).tolist()
+    rows += [[None, *rows[0][1:]], [3, *rows[1][1:]], [-1e300, *rows[2][1:]]]
+    for row in rows:
+        got = service.encode([row])
+        assert got.tobytes() == predictor.encode_counted([row])[0].tobytes(), row
+        named = dict(zip(predictor.feature_names, row, strict=True))
+        assert service.encode([named]).tobytes() == got.tobytes()
