@@ -473,3 +473,21 @@ def test_one_positional_row_takes_the_record_encoder_with_the_same_bits(predicto
         assert got.tobytes() == predictor.encode_counted([row])[0].tobytes(), row
         named = dict(zip(predictor.feature_names, row, strict=True))
         assert service.encode([named]).tobytes() == got.tobytes()
+
+
+def test_a_lone_request_on_a_quiet_loop_does_not_even_yield(predictor):
+    """Once the loop's idle task count is known, a lone request runs within its first step."""
+    x = predictor.encode(random_rows(predictor, 1, 4))
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> None:
+        await batcher.submit(x)  # learns the quiet loop's task count (and probes once)
+        for _ in range(3):
+            coro = batcher.submit(x)
+            with pytest.raises(StopIteration) as done:
+                coro.send(None)  # a yield would return here instead of finishing
+            assert np.array_equal(done.value.value, predictor.run_encoded(x))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert batcher.stats.batches == 4 and batcher.stats.reasons["idle"] == 4
