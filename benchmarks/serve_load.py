@@ -250,6 +250,238 @@ def concurrency_scenarios(
     return out
 
 
+# ----------------------------------------------------------------------------- the serving targets (issues #11, #15)
+
+STATUS_LUA = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) statuses = {} end
+function response(status, headers, body) statuses[status] = (statuses[status] or 0) + 1 end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for k, v in pairs(t:get("statuses")) do io.write(string.format("status %d %d\\n", k, v)) end
+  end
+end
+"""
+
+
+def wrk_full(
+    url: str, body: str, connections: int, duration: float, threads: int, script: Path, statuses: bool = False
+):
+    """One wrk run: ``(req/s, p50 ms, p99 ms, requests, non-2xx, socket errors, {status: count})``."""
+    lua = f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n'
+    script.write_text(lua + (STATUS_LUA if statuses else ""))
+    threads = min(threads, connections)
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = 0
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        sock = sum(int(g) for g in m.groups())
+    counts: dict[int, int] = {}
+    for code, k in re.findall(r"^status (\d+) (\d+)$", out, re.M):
+        counts[int(code)] = counts.get(int(code), 0) + int(k)
+    return rps, p50, p99, total, non2xx, sock, counts
+
+
+class HealthWatch:
+    """Polls ``/health`` every 50 ms in a thread: how many polls, failures, and the slowest answer."""
+
+    def __init__(self, url: str):
+        self.url, self.polls, self.failures, self.slowest_ms = url, 0, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import urllib.request
+
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    ok = r.status == 200
+            except OSError:
+                ok = False
+            self.polls += 1
+            self.failures += not ok
+            self.slowest_ms = max(self.slowest_ms, (time.perf_counter() - t) * 1e3)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def train_penguins(workdir: Path) -> None:
+    """A small model with text columns and gaps (palmerpenguins), as the named-record model."""
+    import palmerpenguins
+
+    csv = Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.baseline",
+            "tracking.enabled=false",
+            "train.compare_sklearn=false",
+            "train.progress=false",
+            "train.epochs=15",
+            "train.batch_size=32",
+            f"data.path={csv}",
+            "data.target=species",
+            f"workdir={workdir}",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+
+
+def penguin_record(predictor) -> dict:
+    """The first complete row of the penguins table, as JSON types, keyed by the model's columns."""
+    import palmerpenguins
+    import pandas as pd
+
+    frame = pd.read_csv(Path(palmerpenguins.__file__).parent / "data" / "penguins.csv").dropna()
+    row = frame.iloc[0]
+    return {c: (row[c].item() if hasattr(row[c], "item") else row[c]) for c in predictor.feature_names}
+
+
+def serving_targets(args: argparse.Namespace) -> int:
+    """Issues #11 and #15 in one run: every server up at once, contenders interleaved, medians."""
+    from mlp_jax.predictor import Predictor
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("--targets needs wrk (apt-get install -y wrk)")
+    model = Path(args.model).resolve()
+    ensure_checkpoint(model)
+    sk_data = Path(args.sklearn_data or ROOT / "data" / "classification_data.csv").resolve()
+    tmp = Path(tempfile.mkdtemp(prefix="mlp-jax-serve-targets-"))
+    named = Path(args.named_model).resolve() if args.named_model else tmp / "penguins"
+    if not named.exists():
+        print(f"training the named-record model (palmerpenguins) in {named}", flush=True)
+        train_penguins(named)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    numeric, penguins = Predictor.load(model), Predictor.load(named)
+    rng = np.random.default_rng(0)
+    specs = numeric.preprocessor.columns
+    row = np.round([s.center + (s.scale or 1.0) * rng.normal() for s in specs], 6).tolist()
+    list_body = json.dumps({"features": row})
+    named_body = json.dumps({"features": penguin_record(penguins)})
+    serve = [sys.executable, "-m", "mlp_jax.serve"]
+    target_col = args.sklearn_target
+    servers = {
+        "batched": [*serve, "--model", str(model)],
+        "unbatched": [*serve, "--model", str(model), "--no-batching"],
+        "named": [*serve, "--model", str(named)],
+        "queue8": [*serve, "--model", str(model), "--max-queue-rows", "8"],
+        "fastapi": [sys.executable, "-m", "benchmarks.fastapi_sklearn", "--data", str(sk_data), "--target", target_col],
+    }
+    ports = {k: free_port() for k in servers}
+    procs = {}
+    try:
+        for k, cmd in servers.items():
+            procs[k] = start([*cmd, "--port", str(ports[k])], env, tmp, tmp / f"{k}.log")
+        for k, proc in procs.items():
+            wait_ready(f"http://127.0.0.1:{ports[k]}/health", proc, tmp / f"{k}.log")
+        url = {k: f"http://127.0.0.1:{p}/predict" for k, p in ports.items()}
+        cases = [  # (case, server, body, connections)
+            ("c16 fastapi+sklearn", "fastapi", list_body, 16),
+            ("c16 ours", "batched", list_body, 16),
+            ("c16 ours unbatched", "unbatched", list_body, 16),
+            ("c16 ours named (penguins)", "named", named_body, 16),
+            ("c64 ours", "batched", list_body, 64),
+            ("c64 ours unbatched", "unbatched", list_body, 64),
+            ("c1 ours", "batched", list_body, 1),
+            ("c1 ours unbatched", "unbatched", list_body, 1),
+        ]
+        for _case, server, body, c in cases:  # warm every server and path once
+            wrk_full(url[server], body, c, args.warmup, args.threads, tmp / "w.lua")
+        runs: dict[str, list[tuple]] = {case: [] for case, *_ in cases}
+        overload: list[dict] = []
+        for r in range(args.repeats):
+            for case, server, body, c in cases:
+                res = wrk_full(url[server], body, c, args.duration, args.threads, tmp / "w.lua")
+                runs[case].append(res)
+                print(
+                    f"round {r + 1} {case:28s} {res[0]:9,.0f} req/s  p50 {res[1]:6.2f} ms  p99 {res[2]:6.2f} ms  "
+                    f"non-2xx {res[4]} socket errors {res[5]}",
+                    flush=True,
+                )
+            with HealthWatch(f"http://127.0.0.1:{ports['queue8']}/health") as watch:
+                res = wrk_full(url["queue8"], list_body, 512, args.duration, args.threads, tmp / "s.lua", statuses=True)
+            alive = procs["queue8"].poll() is None
+            o = {
+                "req_s": res[0],
+                "p50_ms": res[1],
+                "p99_ms": res[2],
+                "requests": res[3],
+                "statuses": res[6],
+                "socket_errors": res[5],
+                "health_polls": watch.polls,
+                "health_failures": watch.failures,
+                "health_slowest_ms": round(watch.slowest_ms, 1),
+                "server_up": alive,
+            }
+            overload.append(o)
+            print(f"round {r + 1} c512 queue 8: {o}", flush=True)
+        load = os.getloadavg()
+    finally:
+        for proc in procs.values():
+            stop(proc)
+    med = {case: tuple(float(np.median([x[i] for x in v])) for i in range(3)) for case, v in runs.items()}
+    errors = {case: sum(x[4] + x[5] for x in v) for case, v in runs.items()}
+    print(f"\nmedians over {args.repeats} rounds of {args.duration:.0f} s (load average at the end {load[0]:.1f}):")
+    print("| case | requests/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
+    for case in runs:
+        rps, p50, p99 = med[case]
+        total = sum(x[3] for x in runs[case])
+        print(f"| {case} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors[case]} / {total:,} |")
+    ratio = lambda a, b: float(np.median([x[0] / y[0] for x, y in zip(runs[a], runs[b], strict=True)]))  # noqa: E731
+    p50r = float(np.median([x[1] / y[1] for x, y in zip(runs["c1 ours"], runs["c1 ours unbatched"], strict=True)]))
+    print("\ntargets (ratios: median of the per-round ratios):")
+    print(
+        f"- #15 c16 ours / FastAPI+sklearn: {ratio('c16 ours', 'c16 fastapi+sklearn'):.2f}x (>= 3), "
+        f"p99 {med['c16 ours'][2]:.2f} ms (<= 10), errors {errors['c16 ours']}"
+    )
+    print(
+        f"- #15 c64 batched / unbatched: {ratio('c64 ours', 'c64 ours unbatched'):.2f}x (>= 1.5), "
+        f"p99 {med['c64 ours'][2]:.2f} ms (<= 20)"
+    )
+    print(f"- #15 c1 p50 batched / unbatched: {p50r:.3f} (<= 1.10)")
+    bad = sum(sum(v for k, v in o["statuses"].items() if k not in (200, 503)) + o["socket_errors"] for o in overload)
+    print(
+        f"- #15 c512 queue 8: answers other than 200/503 and socket errors: {bad}; /health failures "
+        f"{sum(o['health_failures'] for o in overload)} of {sum(o['health_polls'] for o in overload)} polls; "
+        f"server up: {all(o['server_up'] for o in overload)}"
+    )
+    print(
+        f"- #11 c16 named (penguins) / list (numeric): {ratio('c16 ours named (penguins)', 'c16 ours'):.2f} (>= 0.75), "
+        f"p99 {med['c16 ours named (penguins)'][2]:.2f} ms (<= 10)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "overload": overload, "load": load}, indent=1, default=str))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -269,7 +501,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also: one-row /predict with 64 connections, and with 512 connections against --max-queue-rows 8",
     )
+    p.add_argument(
+        "--targets",
+        action="store_true",
+        help="the serving targets instead (issues #11, #15): ours (batched, --no-batching, a penguins model, a "
+        "queue of 8) and FastAPI + scikit-learn, interleaved over --repeats rounds; no MLflow",
+    )
+    p.add_argument("--repeats", type=int, default=3, help="--targets: rounds")
+    p.add_argument("--named-model", help="--targets: a model with text columns (default: train one on palmerpenguins)")
+    p.add_argument(
+        "--sklearn-data", help="--targets: CSV the FastAPI + sklearn server fits on (default: the baseline's)"
+    )
+    p.add_argument("--sklearn-target", default="target", help="--targets: its label column")
     args = p.parse_args(argv)
+    if args.targets:
+        return serving_targets(args)
 
     use_wrk = shutil.which("wrk") is not None
     if not use_wrk:

@@ -36,7 +36,7 @@ Parquet, a JSON request or a CSV body, so training and prediction agree.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import Any
@@ -533,6 +533,86 @@ class Preprocessor:
             x[:, j] = codes
             j += 1
         return Transformed(x, unknown)
+
+    def record_encoder(self) -> Callable[[Mapping[str, Any]], tuple[np.ndarray, dict[str, int]] | None]:
+        """A function from one plain JSON record to ``transform``'s row, without pandas or numpy per column.
+
+        ``encode(record)`` gives ``(x [1, n_inputs] float32, unknown counts per categorical
+        column)`` with the same bits as :meth:`transform` (the same float64 arithmetic, one
+        rounding to float32), or None when the record is not the plain case (a key missing or
+        extra, a value that is not None/int/float in a numeric column, not None/bool in a
+        boolean one, not None/str in a text categorical, a non-finite number, a gap under
+        ``missing=error``, a numeric-kind categorical): the caller then takes the general
+        path, which also words every error. ~10 us for a penguins-sized record instead of
+        ~100 us (per-column numpy) or ~0.5 ms (a pandas frame).
+        """
+        import math
+
+        nulls = frozenset(NULL_TOKENS)
+        clip = float(self.clip)
+        error_on_missing = self.missing == "error"
+        numeric = [(s.name, s.center, s.scale, s.fill, s.indicator) for s in self._numeric]
+        boolean = [(s.name, s.fill, s.indicator) for s in self._boolean]
+        categorical = [(s.name, {v: k + 2 for k, v in enumerate(s.vocabulary)}) for s in self._categorical]
+        plain = all(s.kind == "text" for s in self._categorical)
+        names = frozenset(self.input_columns)
+        width = len(names)
+        n_inputs = self.n_inputs
+        isfinite = math.isfinite
+
+        def encode(record: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, int]] | None:
+            if not plain or len(record) != width or not names.issuperset(record):
+                return None
+            row: list[float] = []
+            gaps: list[float] = []
+            for name, center, scale, fill, indicator in numeric:
+                a = record[name]
+                if a is None:
+                    if error_on_missing:
+                        return None
+                    v = fill
+                    miss = 1.0
+                elif type(a) is float or (type(a) is int and -(2**1023) < a < 2**1023):
+                    v = float(a)
+                    if not isfinite(v):
+                        return None
+                    miss = 0.0
+                else:
+                    return None
+                z = (v - center) / scale if scale > 0 else 0.0
+                if clip > 0:
+                    z = min(max(z, -clip), clip)
+                row.append(z)
+                if indicator:
+                    gaps.append(miss)
+            row += gaps
+            for name, fill, indicator in boolean:
+                a = record[name]
+                if a is None:
+                    if error_on_missing:
+                        return None
+                    row.append(fill)
+                elif type(a) is bool:
+                    row.append(1.0 if a else 0.0)
+                else:
+                    return None
+                if indicator:
+                    row.append(1.0 if a is None else 0.0)
+            unknown: dict[str, int] = {}
+            for name, slots in categorical:
+                a = record[name]
+                if a is None:
+                    code = MISSING_SLOT
+                elif type(a) is str:
+                    code = MISSING_SLOT if a in nulls else slots.get(a, UNKNOWN_SLOT)
+                else:
+                    return None
+                unknown[name] = int(code == UNKNOWN_SLOT)
+                row.append(code)
+            x = np.array([row], np.float32)
+            return (x, unknown) if x.shape[1] == n_inputs else None
+
+        return encode
 
     def _check_missing(self, name: str, miss: np.ndarray, row_offset: int) -> None:
         if self.missing == "error" and miss.any():

@@ -326,3 +326,168 @@ def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_a
             assert r.headers["Retry-After"] == "1" and "too busy" in r.json()["detail"]
     assert health == [200] * 6
     assert "mlp_jax_batch_rows_bucket" in metrics and "mlp_jax_queue_wait_seconds_bucket" in metrics
+
+
+# ----------------------------------------------------------------------------- the lone-request road
+
+
+def test_a_lone_request_alone_runs_inline_and_others_still_coalesce(predictor):
+    xs = [predictor.encode(random_rows(predictor, n, 50 + n)) for n in (1, 2, 3, 1, 5, 1, 1, 4)]
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> list[np.ndarray]:
+        one = await batcher.submit(xs[0])  # alone: its own loop turn, then inline, no dispatcher
+        assert batcher.stats.reasons["idle"] == 1 and batcher.stats.batches == 1
+        together = await asyncio.gather(*(batcher.submit(x) for x in xs))  # the first probes, the others join
+        await batcher.close()
+        return [one, *together]
+
+    one, *together = asyncio.run(main())
+    assert np.array_equal(one, predictor.run_encoded(xs[0]))
+    for got, x in zip(together, xs, strict=True):
+        assert np.array_equal(got, predictor.run_encoded(x))
+    assert batcher.stats.requests == 1 + len(xs) and batcher.stats.batches < 1 + len(xs)
+    assert batcher.stats.max_batch_requests > 1
+
+
+def test_a_request_cancelled_while_probing_leaves_the_batcher_working(predictor):
+    x = predictor.encode(random_rows(predictor, 1, 9))
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> np.ndarray:
+        first = asyncio.ensure_future(batcher.submit(x))
+        await asyncio.sleep(0)  # `first` is in its probing turn
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        got = await asyncio.wait_for(batcher.submit(x), 5)
+        await asyncio.wait_for(batcher.drain(), 5)
+        await batcher.close()
+        return got
+
+    assert np.array_equal(asyncio.run(main()), predictor.run_encoded(x))
+
+
+# ----------------------------------------------------------------------------- the service with and without batching
+
+
+def _bodies(predictor: Predictor) -> list[dict]:
+    rows = random_rows(predictor, 40, 11).astype(np.float64)
+    names = list(predictor.feature_names)
+    return [
+        {"features": rows[0].tolist()},
+        {"features": dict(zip(names, rows[1].tolist(), strict=True))},
+        {"instances": rows[2:40].tolist()},
+        {"features": rows[3].tolist()[:-1]},  # 400: too short
+        {"features": [*rows[4].tolist()[:-1], "x"]},  # 400: text in a numeric model
+        {"instances": []},  # 400: no rows
+        {"nope": 1},  # 400: unknown field
+    ]
+
+
+def test_predict_answers_are_byte_identical_batched_unbatched_and_without_the_fast_path(predictor, monkeypatch):
+    """The /predict fast path and the micro-batcher change no byte of any answer, 200 or 4xx."""
+    from litestar.testing import TestClient
+
+    from mlp_jax import serve
+
+    def answers(**kwargs) -> list[tuple[int, bytes]]:
+        with TestClient(serve.create_app(predictor, **kwargs)) as c:
+            out = [(r.status_code, r.content) for r in (c.post("/predict", json=b) for b in _bodies(predictor))]
+            out.append((0, c.post("/predict", content=b"{", headers={"content-type": "application/json"}).content))
+            out.append((0, c.post("/predict", content=b"{}", headers={"content-type": "text/plain"}).content))
+            return out
+
+    batched, unbatched = answers(), answers(batching=False)
+    monkeypatch.setattr(serve, "FAST_PATH_BYTES", 0)  # every request through Litestar's handler
+    litestar_only = answers()
+    assert batched == unbatched == litestar_only
+    assert [s for s, _ in batched[:7]] == [200, 200, 200, 400, 400, 400, 400]
+
+
+def test_the_fast_path_counts_requests_in_the_metrics(predictor):
+    from litestar.testing import TestClient
+
+    from mlp_jax import serve
+
+    def count(text: str, status: str) -> float:
+        key = f'mlp_jax_http_requests_total{{method="POST",path="/predict",status="{status}"}} '
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(key))
+
+    with TestClient(serve.create_app(predictor)) as c:
+        before = c.get("/metrics").text
+        for b in _bodies(predictor):
+            c.post("/predict", json=b)
+        after = c.get("/metrics").text
+    assert count(after, "200") - count(before, "200") == 3
+    assert count(after, "400") - count(before, "400") == 4
+
+
+# ----------------------------------------------------------------------------- one named record, without pandas
+
+
+@pytest.mark.parametrize("which", ["penguins", "regression"])
+def test_record_encoder_gives_transform_bitwise_or_declines(which, tmp_path_factory):
+    """Text, gaps, booleans, unknown and null-token categories: the same bits as the general path."""
+    import pandas as pd
+
+    from tests.helpers import trained_penguins, trained_regression
+
+    predictor = Predictor.load((trained_penguins if which == "penguins" else trained_regression)(tmp_path_factory))
+    encode = predictor.preprocessor.record_encoder()
+    names = list(predictor.feature_names)
+    csv = next(predictor.checkpoint.path.parent.parent.glob("*.csv"), None)
+    if which == "penguins":
+        from tests.helpers import penguins_csv
+
+        csv = penguins_csv()
+    frame = pd.read_csv(csv if csv else tmp_path_factory.getbasetemp() / "regression.csv")[names]
+    records = [
+        {c: (None if pd.isna(v) else (v.item() if hasattr(v, "item") else v)) for c, v in r.items()}
+        for r in frame.to_dict("records")
+    ]
+    first = records[0]
+    text = next(s.name for s in predictor.preprocessor.columns if s.role == "categorical")
+    number = next(s.name for s in predictor.preprocessor.columns if s.role == "numeric")
+    records += [{**first, text: "never seen"}, {**first, text: "NA"}, {**first, text: ""}, {**first, number: None}]
+    records += [{**first, number: 3}, {**first, number: -1e300}]
+    for r in records:
+        got = encode(r)
+        assert got is not None, r
+        want = predictor.encode_counted([r])
+        assert got[0].tobytes() == want[0].tobytes() and got[1] == want[1], r
+    for odd in ({**first, number: "1.5"}, {**first, number: float("inf")}, {**first, text: 3}, {**first, "extra": 1}):
+        assert encode(odd) is None  # the general path decides (and words the error)
+    assert encode({k: v for k, v in first.items() if k != number}) is None
+
+
+def test_one_positional_row_takes_the_record_encoder_with_the_same_bits(predictor):
+    """The service's one-row shortcut for an all-numeric model: the same matrix as the numpy path."""
+    from mlp_jax.serve import Service
+
+    service = Service(predictor, 100)
+    rows = random_rows(predictor, 50, 21).astype(np.float64).tolist()
+    rows += [[None, *rows[0][1:]], [3, *rows[1][1:]], [-1e300, *rows[2][1:]]]
+    for row in rows:
+        got = service.encode([row])
+        assert got.tobytes() == predictor.encode_counted([row])[0].tobytes(), row
+        named = dict(zip(predictor.feature_names, row, strict=True))
+        assert service.encode([named]).tobytes() == got.tobytes()
+
+
+def test_a_lone_request_on_a_quiet_loop_does_not_even_yield(predictor):
+    """Once the loop's idle task count is known, a lone request runs within its first step."""
+    x = predictor.encode(random_rows(predictor, 1, 4))
+    batcher = MicroBatcher(predictor.run_encoded, max_batch=4096)
+
+    async def main() -> None:
+        await batcher.submit(x)  # learns the quiet loop's task count (and probes once)
+        for _ in range(3):
+            coro = batcher.submit(x)
+            with pytest.raises(StopIteration) as done:
+                coro.send(None)  # a yield would return here instead of finishing
+            assert np.array_equal(done.value.value, predictor.run_encoded(x))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert batcher.stats.batches == 4 and batcher.stats.reasons["idle"] == 4
