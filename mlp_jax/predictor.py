@@ -564,7 +564,7 @@ class Predictor:
 
     def labels(self, probs: np.ndarray) -> list[Any]:
         """Original class labels of the most probable class per row."""
-        idx = self.split(probs)[0].argmax(axis=1)
+        idx = probs[:, : len(self.classes)].argmax(axis=1)  # an ensemble: the mean, not the spread
         return [self.classes[i] for i in idx]
 
     def predict(self, rows: Any) -> tuple[list[Any], np.ndarray]:
@@ -615,7 +615,7 @@ class Predictor:
 
     def label_array(self, probs: np.ndarray) -> np.ndarray:
         """The predicted labels typed as trained: bool, int64, or object (text, "007" stays text)."""
-        idx = self.split(probs)[0].argmax(axis=1)
+        idx = probs[:, : len(self.classes)].argmax(axis=1)  # an ensemble: the mean, not the spread
         if self.classes and all(isinstance(c, bool) for c in self.classes):
             return np.asarray(self.classes, bool)[idx]
         if self.classes and all(isinstance(c, int) and not isinstance(c, bool) for c in self.classes):
