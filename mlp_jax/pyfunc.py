@@ -84,7 +84,8 @@ def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.
     accepts None/NaN values (checked), which the model imputes where training did. With
     ``required=False`` a misspelt or forgotten column would pass MLflow's check and be
     scored as all-missing without a word. Outputs: ``prediction`` (labels typed as trained) and
-    ``proba_<class>`` floats (an ensemble adds ``std_<class>``, the members' spread), or regression ``prediction`` / ``prediction_<target>`` doubles.
+    ``proba_<class>`` floats (an ensemble adds ``std_<class>``, the members' spread), or regression
+    ``prediction`` / ``prediction_<target>`` doubles.
     The example rows are built from the fitted statistics: medians, median +/- one scale,
     vocabulary values.
     """
