@@ -20,7 +20,7 @@ from experiments import sweep as sweep_experiment
 from mlp_jax import artifact
 from mlp_jax import sweep as S
 from mlp_jax.predictor import Predictor
-from tests.helpers import MODEL, ROOT, use_store, write_tiny_csv
+from tests.helpers import MODEL, ROOT, count_compilations, use_store, write_tiny_csv
 
 K = 2  # ensemble members
 
@@ -150,8 +150,11 @@ def test_ensemble_predictor_mean_and_spread(tracked_sweep):
     np.testing.assert_allclose(spread, per_member.std(axis=0), atol=1e-6)
     # member 0 of the ensemble is the best member: same numbers as the single-model artifact
     np.testing.assert_allclose(per_member[0], single.predict_proba(frame), atol=1e-6)
-    # a row's answer does not depend on its batch
-    np.testing.assert_array_equal(ens.run_encoded(x[5:6]), out[5:6])
+    # a row's answer does not depend on its batch, and no request size compiles anything
+    with count_compilations() as compiled:
+        for n in (1, 5, 33, 70):
+            np.testing.assert_array_equal(ens.run_encoded(x[:n]), out[:n])
+    assert compiled == []
     assert ens.output_columns() == ["prediction", "proba_0", "proba_1", "std_0", "std_1"]
     assert single.output_columns() == ["prediction", "proba_0", "proba_1"]
     assert "spread" in ens.format(out[:1])[0] and "spread" not in single.format(single.run_encoded(x[:1]))[0]
@@ -204,6 +207,17 @@ def test_ensemble_through_pyfunc(tracked_sweep, monkeypatch):
     ens = Predictor.load(summary["models"]["ensemble"]["checkpoint"])
     expected = ens.predict_frame(frame)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_artifact_members_field_defaults_to_one_and_is_checked(tracked_sweep):
+    _, _, _, summary = tracked_sweep
+    meta = artifact.read_meta_at(summary["models"]["ensemble"]["checkpoint"])
+    assert meta.members == K
+    d = meta.to_dict()
+    del d["members"]  # a format-2 artifact written before ensembles existed
+    assert artifact.ArtifactMeta.from_dict(d).members == 1
+    with pytest.raises(artifact.CheckpointError, match="members"):
+        artifact.ArtifactMeta.from_dict({**d, "members": 0})
 
 
 def test_save_artifact_refuses_members_of_two_groups(tmp_path):
