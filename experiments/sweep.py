@@ -25,7 +25,9 @@ anything is written (no run, no workdir).
 Measured once with ``train.epochs=3`` on the shared 2-core CPU box (load average ~7, so the
 process got ~40% of the CPU: 27 s user in 73 s real; rerun on a quiet box): 16 members in one
 program, compile 13.7 s, train 21.0 s, best single member (lr 1e-2, seed 2) val log loss 0.0488,
-test 0.0610; top-5 ensemble val 0.0465, test 0.0568. Speed against one member and 16
+test 0.0610; top-5 ensemble val 0.0465, test 0.0568. Expected with ``train.epochs=10`` (tracked,
+load 8-14): compile 16.7 s, train 49.2 s; best member (lr 1e-2, seed 1) val 0.0436, test 0.0546;
+top-5 ensemble val 0.0402, test 0.0503, promoted to champion over the best member. Speed against one member and 16
 sequential runs: benchmarks/sweep_speed.py; ensemble gain on real tables: benchmarks/ensemble_gain.py.
 """
 
