@@ -6,15 +6,29 @@ Command (from the project root):
 Any ``sweep.<key>=<values>`` replaces or adds an axis (``sweep.optim.weight_decay=0,1e-4``),
 ``sweep.samples=N`` with ``lo:hi`` ranges draws N members at random. Trains every member
 on the baseline synthetic split (one compiled program per shape), checkpoints in
-checkpoints/sweep/group-<g>/ (a rerun resumes), prints the member table and the top-5
-ensemble against the best single member, and writes the table to checkpoints/sweep/summary.json.
-Print-only: no MLflow tracking yet.
+checkpoints/sweep/group-<g>/ (a rerun resumes), prints the member table and the top-k
+ensemble against the best single member, and writes checkpoints/sweep/summary.json (the
+table, both models' validation and test log loss, where they are saved and registered).
+
+Artifacts: the best member as a single model in checkpoints/sweep/best-member/<epoch>/ and,
+with ``sweep.ensemble_top_k=K`` (K > 1, default 5 here), the top-K members of the best
+member's group (one network shape) as one deep ensemble in checkpoints/sweep/ensemble-top<K>/
+(served as the mean of the members' probabilities, with their standard deviation as spread).
+
+Tracking (``tracking.enabled``, on by default; a store that cannot be used fails before
+training): one MLflow parent run, one child run per member (its config and swept values as
+params, per-epoch metrics in one ``log_batch`` per member and epoch), the best member
+registered in its child run and the ensemble in the parent, both through the champion gate
+of ``tracking.registered_model``. An empty or malformed sweep spec is a named error before
+anything is written (no run, no workdir).
 
 Measured once with ``train.epochs=3`` on the shared 2-core CPU box (load average ~7, so the
 process got ~40% of the CPU: 27 s user in 73 s real; rerun on a quiet box): 16 members in one
 program, compile 13.7 s, train 21.0 s, best single member (lr 1e-2, seed 2) val log loss 0.0488,
-test 0.0610; top-5 ensemble val 0.0465, test 0.0568. The 30-epoch default was not measured yet.
-Speed against one member and 16 sequential runs: benchmarks/sweep_speed.py.
+test 0.0610; top-5 ensemble val 0.0465, test 0.0568. Expected with ``train.epochs=10`` (tracked,
+load 8-14): compile 16.7 s, train 49.2 s; best member (lr 1e-2, seed 1) val 0.0436, test 0.0546;
+top-5 ensemble val 0.0402, test 0.0503, promoted to champion over the best member. Speed against one member and 16
+sequential runs: benchmarks/sweep_speed.py; ensemble gain on real tables: benchmarks/ensemble_gain.py.
 """
 
 from __future__ import annotations
@@ -23,10 +37,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mlp_jax.config import Config, ConfigError, SweepConfig, TrackingConfig, apply_overrides, help_text
+from mlp_jax.config import Config, ConfigError, SweepConfig, apply_overrides, help_text
 
 TOP = 5
 
@@ -34,14 +49,24 @@ TOP = 5
 def get_config() -> Config:
     return Config(
         name="sweep",
-        tracking=TrackingConfig(enabled=False),
-        sweep=SweepConfig(axes=("optim.learning_rate=3e-4,1e-3,3e-3,1e-2", "seed=0,1,2,3")),
+        sweep=SweepConfig(axes=("optim.learning_rate=3e-4,1e-3,3e-3,1e-2", "seed=0,1,2,3"), ensemble_top_k=TOP),
     )
 
 
-def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
-    p = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-    return float(-np.mean(np.log(p)))
+def _scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from mlp_jax.sweep import log_loss
+
+    return {"log_loss": log_loss(y, probs), "accuracy": float(np.mean(probs.argmax(axis=1) == y))}
+
+
+def print_table(table: list[dict[str, Any]]) -> None:
+    print(f"\n{'member':>6}  {'values':<50} {'best val loss':>13} {'epoch':>5} {'run':>4}  stopped")
+    for row in table:
+        values = " ".join(f"{k}={v}" for k, v in row["values"].items())
+        loss = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.5f}"
+        print(
+            f"{row['member']:>6}  {values:<50} {loss:>13} {row['best_epoch']:>5} {row['epochs_run']:>4}  {row['stopped']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +83,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlp_jax import data as data_lib
     from mlp_jax import sweep
-    from mlp_jax.runner import write_json_atomic
+    from mlp_jax.runner import check_workdir, write_json_atomic
 
     t0 = time.perf_counter()
-    dataset = data_lib.prepare(config.data, config.seed)
     workdir = Path(config.resolved_workdir).resolve()
+    errors: tuple[type[BaseException], ...] = (ConfigError, data_lib.DataError, sweep.SweepError)
+    try:
+        check_workdir(workdir)
+        dataset = data_lib.prepare(config.data, config.seed)
+        members = sweep.check(config, dataset)  # every spec error now: nothing written yet
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+    session = None
+    if config.tracking.enabled:
+        from mlp_jax import tracking  # mlflow is imported only here
+
+        try:
+            session = tracking.start_sweep(config, dataset, members)
+        except tracking.TrackingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        errors += (tracking.TrackingError,)
 
     def progress(r: sweep.EpochReport) -> None:
+        if session is not None:
+            session.on_epoch(r)
         if config.train.progress and r.rows:
             best = min(
                 (row["val_loss"] for row in r.rows.values() if row["val_loss"] is not None), default=float("nan")
@@ -76,50 +121,98 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     try:
-        result = sweep.run_sweep(config, dataset, str(workdir), on_epoch=progress)
-    except (ConfigError, sweep.SweepError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    table = result.table()
-    print(f"\n{'member':>6}  {'values':<50} {'best val loss':>13} {'epoch':>5} {'run':>4}  stopped")
-    for row in table:
-        values = " ".join(f"{k}={v}" for k, v in row["values"].items())
-        loss = "-" if row["best_val_loss"] is None else f"{row['best_val_loss']:.5f}"
-        print(
-            f"{row['member']:>6}  {values:<50} {loss:>13} {row['best_epoch']:>5} {row['epochs_run']:>4}  {row['stopped']}"
-        )
+        summary = _run(config, dataset, workdir, progress, session, t0)
+    except BaseException as e:
+        if session is not None:
+            session.abort(e)
+        if isinstance(e, errors):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+    write_json_atomic(workdir / "summary.json", summary)
+    print(f"summary: {workdir / 'summary.json'}")
+    return 0
 
+
+def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: Any, t0: float) -> dict[str, Any]:
+    from mlp_jax import sweep
+
+    result = sweep.run_sweep(config, dataset, str(workdir), on_epoch=progress)
+    table = result.table()
+    print_table(table)
+
+    ensemble: dict[str, Any] = {}
     top = sweep.top_k(result, TOP)
-    ensemble: dict[str, object] = {}
-    if top:
+    if top:  # the global top-5 (any groups) against the best member, as printed since the first sweep
         ids = [m.index for m in top]
-        single = [ids[0]]
         for split, x, y in (("val", dataset.x_val, dataset.y_val), ("test", dataset.x_test, dataset.y_test)):
-            ensemble[f"top{len(ids)}_{split}_log_loss"] = log_loss(y, result.predict(x, ids)[0])
-            ensemble[f"best_member_{split}_log_loss"] = log_loss(y, result.predict(x, single)[0])
+            ensemble[f"top{len(ids)}_{split}_log_loss"] = sweep.log_loss(y, result.predict(x, ids)[0])
+            ensemble[f"best_member_{split}_log_loss"] = sweep.log_loss(y, result.predict(x, ids[:1])[0])
         ensemble["top"] = ids
         print(
             f"\ntop-{len(ids)} ensemble (members {ids}): val log loss {ensemble[f'top{len(ids)}_val_log_loss']:.5f}, "
             f"test {ensemble[f'top{len(ids)}_test_log_loss']:.5f}; best member {ids[0]}: "
             f"val {ensemble['best_member_val_log_loss']:.5f}, test {ensemble['best_member_test_log_loss']:.5f}"
         )
+
+    models: dict[str, Any] = {}
+    tracked: dict[str, Any] = {}
+    k = config.sweep.ensemble_top_k
+    plan = [("best_member", "best-member", 1)] + ([("ensemble", f"ensemble-top{k}", k)] if k > 1 else [])
+    for key, folder, n in plan:
+        ids = sweep.ensemble_members(result, n)
+        if not ids or (key == "ensemble" and len(ids) < 2):
+            continue
+        step = sweep.save_artifact(result, ids, dataset, workdir / folder, config)
+        val = _scores(dataset.y_val, result.predict(dataset.x_val, ids)[0])
+        test = _scores(dataset.y_test, result.predict(dataset.x_test, ids)[0])
+        val_loss = result.members[ids[0]].best_val_loss if n == 1 else val["log_loss"]
+        models[key] = {
+            "members": ids,
+            "checkpoint": str(step),
+            "val_loss": val_loss,
+            "val_accuracy": val["accuracy"],
+            "test_loss": test["log_loss"],
+            "test_accuracy": test["accuracy"],
+        }
+        print(f"{key.replace('_', ' ')} (members {ids}): test log loss {test['log_loss']:.5f}, saved in {step}")
+    if session is not None:
+        from mlp_jax.tracking import SweepModel
+
+        def as_model(key: str) -> SweepModel | None:
+            m = models.get(key)
+            if m is None:
+                return None
+            run_id = session.children[m["members"][0]] if key == "best_member" else session.run_id
+            test = {"test_loss": m["test_loss"], "test_accuracy": m["test_accuracy"]}
+            return SweepModel(m["checkpoint"], float(m["val_loss"]), test, run_id, tuple(m["members"]))
+
+        partial = {"experiment": config.name, "members": table, "models": models}
+        tracked = session.finish_sweep(result, partial, as_model("best_member"), as_model("ensemble"))
+        for key in models:
+            if key in tracked:
+                models[key].update({k: tracked[key][k] for k in ("model_version", "model_uri", "champion", "run_id")})
+
     wall = time.perf_counter() - t0
-    summary = {
+    print(
+        f"{len(table)} members in {len(result.groups)} program(s) on {result.n_devices} device(s): "
+        f"compile {result.compile_seconds:.2f} s, train {result.train_seconds:.2f} s, wall {wall:.1f} s"
+    )
+    return {
         "experiment": config.name,
+        "task": dataset.task,
         "workdir": str(workdir),
         "members": table,
         "ensemble": ensemble,
+        "models": models,
+        "checkpoint": models.get("best_member", {}).get("checkpoint"),
+        **{k: v for k, v in tracked.items() if k not in ("best_member", "ensemble")},
+        "classes": list(dataset.classes),
+        "feature_names": list(dataset.feature_names),
         "n_devices": result.n_devices,
         "timings": {**result.timings, "wall_in_process": wall},
         "dataset": {"source": dataset.source, "digest": dataset.digest, **dataset.split_sizes()},
     }
-    write_json_atomic(workdir / "summary.json", summary)
-    print(
-        f"{len(table)} members in {len(result.groups)} program(s) on {result.n_devices} device(s): "
-        f"compile {result.compile_seconds:.2f} s, train {result.train_seconds:.2f} s, wall {wall:.1f} s; "
-        f"summary: {workdir / 'summary.json'}"
-    )
-    return 0
 
 
 if __name__ == "__main__":

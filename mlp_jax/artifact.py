@@ -12,6 +12,12 @@ Orbax items (format 2):
   targets and their statistics), the network's shape, the dataset, the metric history and
   the early-stopping state. Plain JSON, never pickle.
 
+An *ensemble* (``meta.members`` = K > 1, written by :func:`mlp_jax.sweep.save_ensemble`)
+is the same format 2 with ``best_params`` stacked: every leaf has a leading member axis of
+length K (one network shape, K parameter sets), and no ``state`` item (an ensemble is
+served, never resumed). A single model has ``members`` = 1 and loads exactly as before;
+metadata without the field (older format-2 artifacts) reads as 1.
+
 Format 1 (mlp-jax before the artifact module: best parameters nested inside ``state``,
 ``meta`` an untyped dict with a ``standardizer``) still loads for serving: its best
 parameters are read without a template and matched by name to the network of format 2.
@@ -113,6 +119,9 @@ class ArtifactMeta:
       history: one dict of metrics per epoch run.
       early_stopping: ``{"best_loss", "best_epoch", "bad_epochs"}`` at this step.
       n_devices: devices the run trained on.
+      members: 1 for a single model; K > 1 for a deep ensemble whose ``best_params`` leaves
+        have a leading member axis of length K (predictions: the mean of the members'
+        probabilities, their standard deviation as the spread).
     """
 
     config: dict[str, Any]
@@ -127,6 +136,7 @@ class ArtifactMeta:
     history: tuple[dict[str, Any], ...] = ()
     early_stopping: dict[str, Any] = field(default_factory=dict)
     n_devices: int = 1
+    members: int = 1
     format: int = FORMAT
 
     # ------------------------------------------------------------------ views
@@ -194,10 +204,13 @@ class ArtifactMeta:
                 history=tuple(d.get("history", ())),
                 early_stopping=d.get("early_stopping", {}),
                 n_devices=int(d.get("n_devices", 1)),
+                members=_members(d.get("members", 1)),
                 format=int(fmt),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"malformed model artifact metadata (format {fmt}): {type(e).__name__}: {e}") from None
+            raise CheckpointError(
+                f"malformed model artifact metadata (format {fmt}): {type(e).__name__}: {e}"
+            ) from None
 
     @classmethod
     def from_json(cls, text: str) -> ArtifactMeta:
@@ -208,6 +221,12 @@ class ArtifactMeta:
         if not isinstance(d, dict):
             raise CheckpointError("model artifact metadata is not a JSON object")
         return cls.from_dict(d)
+
+
+def _members(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"members must be a positive integer, got {v!r}")
+    return v
 
 
 def _from_format_1(d: dict[str, Any]) -> ArtifactMeta:
@@ -287,7 +306,10 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
 
 @dataclass
 class LoadedArtifact:
-    """What a predictor needs: the network's graph, its best parameters and the metadata."""
+    """What a predictor needs: the network's graph, its best parameters and the metadata.
+
+    For an ensemble (``meta.members`` > 1) ``params`` is stacked along a leading member axis.
+    """
 
     graphdef: nnx.GraphDef
     params: nnx.State
@@ -296,9 +318,14 @@ class LoadedArtifact:
     path: Path  # the step folder
 
 
-def network_template(spec: NetworkSpec) -> tuple[nnx.GraphDef, nnx.State]:
-    """``(graphdef, abstract params)`` of ``spec``'s network, without allocating parameters."""
+def network_template(spec: NetworkSpec, members: int = 1) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, abstract params)`` of ``spec``'s network, without allocating parameters.
+
+    ``members`` > 1: every leaf gets a leading member axis of that length (an ensemble's stack).
+    """
     graphdef, params = nnx.split(nnx.eval_shape(lambda: spec.create()))
+    if members > 1:
+        params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((members, *a.shape), a.dtype), params)
     return graphdef, params
 
 
@@ -339,7 +366,7 @@ def _load_step(workdir: Path, step: int, device: jax.Device | None) -> LoadedArt
     mngr = manager(workdir, read_only=True)
     try:
         meta = read_meta(mngr, step)
-        graphdef, abstract = network_template(meta.network)
+        graphdef, abstract = network_template(meta.network, meta.members)
         sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         if meta.format == 1:
             params = _best_params_format_1(mngr, step, abstract, sharding)

@@ -166,6 +166,7 @@ class SweepConfig:
 
     samples: int = 0  # 0 = grid (cartesian product of the lists); N = N random draws seeded by `seed`
     axes: tuple[str, ...] = ()
+    ensemble_top_k: int = 0  # K > 1: also register the top-K members (of the best member's group) as one ensemble
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ Every other column (an id, say) is copied to the output byte for byte (``NA`` st
 
 The output holds the passed-through columns, then :meth:`Predictor.output_columns`:
 ``prediction`` (the original class label, typed as trained) and one ``proba_<class>`` column
-per class, or the regression prediction(s) in the targets' units (``prediction`` or
-``prediction_<target>``). It is written to a temporary file beside the output and renamed
+per class (an ensemble adds one ``std_<class>`` column per class: the members' spread), or
+the regression prediction(s) in the targets' units (``prediction`` or ``prediction_<target>``). It is written to a temporary file beside the output and renamed
 at the end, so a failure (a bad value in row 2,990,000, say) never leaves a half-written
 file (an existing output stays as it was). Scoring goes through the same
 :class:`~mlp_jax.predictor.Predictor` as the service and the MLflow pyfunc, so the numbers
@@ -96,7 +96,7 @@ def _label_type(predictor: Predictor) -> pa.DataType:
 def output_fields(predictor: Predictor) -> list[pa.Field]:
     if predictor.task == "classification":
         return [pa.field("prediction", _label_type(predictor))] + [
-            pa.field(c, pa.float32()) for c in predictor.probability_columns()
+            pa.field(c, pa.float32()) for c in (*predictor.probability_columns(), *predictor.spread_columns())
         ]
     return [pa.field(c, pa.float64()) for c in predictor.output_columns()]
 

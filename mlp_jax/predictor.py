@@ -23,6 +23,13 @@ rows (``lax.map`` over tiles). XLA picks its matmul kernel and blocking from the
 size, so a 1-row and a 4096-row matmul round differently in the last bit; with one tile
 shape for every bucket, a row's probabilities are bitwise the same whatever else was in
 its request, so the service, the batch command and the pyfunc agree exactly.
+
+An **ensemble** artifact (``meta.members`` = K > 1: parameters stacked along a member axis)
+runs all K members inside the same compiled bucket programs (``vmap`` over the stack within
+each tile) and answers the mean of their probabilities plus their standard deviation per
+class (the spread: how much the members disagree). :meth:`Predictor.run_encoded` then
+returns ``[n, 2C]``: the C mean probabilities followed by the C standard deviations
+(:meth:`Predictor.split` separates them). A single model's outputs are unchanged.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class Predictor:
       targets: regression target names in output order (``()`` for classification).
       n_features: how many raw input columns a row has.
       n_inputs: the model matrix's width (what :meth:`encode` returns and :meth:`run_encoded` takes).
+      members: 1 for a single model, K for an ensemble of K members.
       name, version, step, source, buckets: where the model came from and how it is compiled.
     """
 
@@ -99,6 +107,9 @@ class Predictor:
         self.targets: tuple[str, ...] = tuple(meta.targets) if self.task == "regression" else ()
         self.n_features = len(self.feature_names)
         self.metrics: dict[str, Any] = meta.metrics
+        self.members: int = meta.members
+        if self.members > 1 and self.task != "classification":
+            raise artifact.CheckpointError(f"{ckpt.path}: ensembles are served for classification only")
         if not buckets or min(int(b) for b in buckets) < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
         self.buckets = tuple(sorted({-(-int(b) // ROW_TILE) * ROW_TILE for b in buckets}))
@@ -151,6 +162,7 @@ class Predictor:
         device = jax.local_devices()[0]
         graphdef = ckpt.graphdef
         classify = self.task == "classification"
+        members = self.members
         # The arguments travel as a flat list of arrays: flattening the NNX state pytree on
         # every call costs ~10 us, a third of a one-row request's model time.
         leaves, treedef = jax.tree.flatten(jax.device_put(ckpt.params, device))
@@ -159,6 +171,9 @@ class Predictor:
             params = jax.tree.unflatten(treedef, leaves)
 
             def tile(xt: jax.Array) -> jax.Array:
+                if members > 1:  # every member on the same tile: [K, tile, C] -> mean and std per class
+                    probs = jax.vmap(lambda p: jax.nn.softmax(model_lib.apply(graphdef, p, xt), axis=-1))(params)
+                    return jnp.concatenate([jnp.mean(probs, axis=0), jnp.std(probs, axis=0)], axis=-1)
                 out = model_lib.apply(graphdef, params, xt)
                 return jax.nn.softmax(out, axis=-1) if classify else out
 
@@ -496,7 +511,8 @@ class Predictor:
     def run_encoded(self, x: np.ndarray) -> np.ndarray:
         """Outputs for an encoded float32 matrix ``[n, n_inputs]`` (what the micro-batcher runs).
 
-        Classification: probabilities ``[n, n_classes]`` float32. Regression: predictions in
+        Classification: probabilities ``[n, n_classes]`` float32 (an ensemble: ``[n, 2 * n_classes]``,
+        the mean probabilities then the members' standard deviations; see :meth:`split`). Regression: predictions in
         the targets' original units ``[n, n_targets]`` float64. Each row's answer is
         independent of the others in ``x`` (see the module docstring), so callers may stack
         rows of several requests and slice the answer back.
@@ -534,46 +550,63 @@ class Predictor:
         return self.run_encoded(self.encode(rows))
 
     def predict_proba(self, rows: Any) -> np.ndarray:
-        """Class probabilities ``[n, n_classes]`` (classification only)."""
+        """Class probabilities ``[n, n_classes]`` (classification only; an ensemble's mean)."""
         if self.task != "classification":
             raise PredictorError("predict_proba: this is a regression model; use predict_outputs")
-        return self.predict_outputs(rows)
+        return self.split(self.predict_outputs(rows))[0]
+
+    def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities [n, C], spread [n, C] or None)`` of classification outputs of :meth:`run_encoded`.
+
+        The spread (ensembles only) is the standard deviation of the members' probabilities per class.
+        """
+        if self.members == 1:
+            return outputs, None
+        c = len(self.classes)
+        return outputs[:, :c], outputs[:, c:]
 
     # -------------------------------------------------------------------- output
 
     def labels(self, probs: np.ndarray) -> list[Any]:
         """Original class labels of the most probable class per row."""
-        idx = probs.argmax(axis=1)
+        idx = probs[:, : len(self.classes)].argmax(axis=1)  # an ensemble: the mean, not the spread
         return [self.classes[i] for i in idx]
 
     def predict(self, rows: Any) -> tuple[list[Any], np.ndarray]:
         """``(labels, probabilities)`` (classification) or ``(predictions, outputs)`` as :meth:`format` gives them."""
         out = self.predict_outputs(rows)
         if self.task == "classification":
-            return self.labels(out), out
+            return self.labels(out), self.split(out)[0]
         return [r["prediction"] for r in self.format(out)], out
 
     def format(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """One JSON-ready dict per row.
 
-        Classification: ``{"prediction": label, "probabilities": {str(class): p}}``; regression:
-        ``{"prediction": value}`` (one target) or ``{"prediction": [v1, v2, ...]}``.
+        Classification: ``{"prediction": label, "probabilities": {str(class): p}}`` (an ensemble
+        adds ``"spread": {str(class): std}``); regression: ``{"prediction": value}`` (one target)
+        or ``{"prediction": [v1, v2, ...]}``.
         """
         if self.task == "classification":
             keys = [str(c) for c in self.classes]
             labels = self.labels(outputs)
-            return [
+            probs, spread = self.split(outputs)
+            out = [
                 {"prediction": lab, "probabilities": dict(zip(keys, map(float, row), strict=True))}
-                for lab, row in zip(labels, outputs.tolist(), strict=True)
+                for lab, row in zip(labels, probs.tolist(), strict=True)
             ]
+            if spread is not None:
+                for d, row in zip(out, spread.tolist(), strict=True):
+                    d["spread"] = dict(zip(keys, map(float, row), strict=True))
+            return out
         if len(self.targets) == 1:
             return [{"prediction": v} for v in outputs[:, 0].tolist()]
         return [{"prediction": row} for row in outputs.tolist()]
 
     def output_columns(self) -> list[str]:
-        """Columns of :meth:`predict_frame`: ``prediction`` + ``proba_<class>``, or ``prediction``/``prediction_<target>``."""
+        """Columns of :meth:`predict_frame`: ``prediction`` + ``proba_<class>`` (+ ``std_<class>`` for an
+        ensemble), or ``prediction``/``prediction_<target>``."""
         if self.task == "classification":
-            return ["prediction", *self.probability_columns()]
+            return ["prediction", *self.probability_columns(), *self.spread_columns()]
         if len(self.targets) == 1:
             return ["prediction"]
         return [f"prediction_{t}" for t in self.targets]
@@ -581,9 +614,13 @@ class Predictor:
     def probability_columns(self) -> list[str]:
         return [f"proba_{c}" for c in self.classes]
 
+    def spread_columns(self) -> list[str]:
+        """``std_<class>`` per class for an ensemble (the members' standard deviation); none for a single model."""
+        return [f"std_{c}" for c in self.classes] if self.members > 1 else []
+
     def label_array(self, probs: np.ndarray) -> np.ndarray:
         """The predicted labels typed as trained: bool, int64, or object (text, "007" stays text)."""
-        idx = probs.argmax(axis=1)
+        idx = probs[:, : len(self.classes)].argmax(axis=1)  # an ensemble: the mean, not the spread
         if self.classes and all(isinstance(c, bool) for c in self.classes):
             return np.asarray(self.classes, bool)[idx]
         if self.classes and all(isinstance(c, int) and not isinstance(c, bool) for c in self.classes):
@@ -595,7 +632,7 @@ class Predictor:
         import pandas as pd
 
         if self.task == "classification":
-            out = pd.DataFrame(outputs, columns=self.probability_columns(), index=index)
+            out = pd.DataFrame(outputs, columns=[*self.probability_columns(), *self.spread_columns()], index=index)
             out.insert(0, "prediction", pd.Series(self.label_array(outputs), index=out.index, dtype=None))
             return out
         return pd.DataFrame(outputs, columns=self.output_columns(), index=index)
@@ -629,6 +666,7 @@ class Predictor:
             "metrics": self.metrics,
             "dataset": dataclasses.asdict(meta.data),
             "buckets": list(self.buckets),
+            "members": self.members,
         }
 
 

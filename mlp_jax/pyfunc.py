@@ -42,7 +42,8 @@ PYFUNC_BUCKETS = (1, 64, 4096)
 
 class MlpJaxModel(mlflow.pyfunc.PythonModel):
     """``predict(df)`` = :meth:`Predictor.predict_frame`: ``prediction`` (original labels) + one
-    ``proba_<class>`` column per class, or the regression prediction(s) (``prediction`` /
+    ``proba_<class>`` column per class (an ensemble: the members' mean, plus ``std_<class>``, their
+    standard deviation), or the regression prediction(s) (``prediction`` /
     ``prediction_<target>``, original units).
 
     ``mlflow.pyfunc.load_model(uri, model_config={"buckets": [...]})`` picks other batch buckets.
@@ -87,7 +88,8 @@ def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.
     accepts None/NaN values (checked), which the model imputes where training did. With
     ``required=False`` a misspelt or forgotten column would pass MLflow's check and be
     scored as all-missing without a word. Outputs: ``prediction`` (labels typed as trained) and
-    ``proba_<class>`` floats, or regression ``prediction`` / ``prediction_<target>`` doubles.
+    ``proba_<class>`` floats (an ensemble adds ``std_<class>``, the members' spread), or regression
+    ``prediction`` / ``prediction_<target>`` doubles.
     The example rows are built from the fitted statistics: medians, median +/- one scale,
     vocabulary values.
     """
@@ -120,7 +122,10 @@ def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.
             label_type = "long"
         else:
             label_type = "string"
-        outputs = Schema([ColSpec(label_type, "prediction"), *(ColSpec("float", f"proba_{c}") for c in classes)])
+        spread = [ColSpec("float", f"std_{c}") for c in classes] if meta.members > 1 else []
+        outputs = Schema(
+            [ColSpec(label_type, "prediction"), *(ColSpec("float", f"proba_{c}") for c in classes), *spread]
+        )
     return mlflow.models.ModelSignature(inputs=inputs, outputs=outputs), example
 
 

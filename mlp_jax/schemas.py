@@ -27,20 +27,26 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
     instances: list[list[Value] | dict[str, Value]] | None = None
 
 
-class Prediction(msgspec.Struct):
-    """Classification, one row: the class label and one probability per class (in ``classes`` order)."""
+class Prediction(msgspec.Struct, omit_defaults=True):
+    """Classification, one row: the class label and one probability per class (in ``classes`` order).
+
+    An ensemble's probabilities are its members' mean; ``spread`` (ensembles only, absent for
+    a single model) is the members' standard deviation per class: their disagreement.
+    """
 
     prediction: Label
     probabilities: list[float]
     classes: list[Label]
+    spread: list[float] | None = None
 
 
-class Predictions(msgspec.Struct):
-    """Classification, many rows, in request order."""
+class Predictions(msgspec.Struct, omit_defaults=True):
+    """Classification, many rows, in request order (``spread``: ensembles only, one list per row)."""
 
     predictions: list[Label]
     probabilities: list[list[float]]
     classes: list[Label]
+    spread: list[list[float]] | None = None
 
 
 class RegressionPrediction(msgspec.Struct):
@@ -142,3 +148,4 @@ class Metadata(msgspec.Struct):
     buckets: list[int]
     max_rows: int
     max_body_bytes: int
+    members: int = 1  # > 1: a deep ensemble (mean of the members' probabilities, std as spread)

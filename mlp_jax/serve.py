@@ -439,9 +439,12 @@ class Service:
         """The ``/predict`` answer."""
         if self.predictor.task == "classification":
             labels = self.predictor.labels(out)
+            probs, spread = self.predictor.split(out)
             if one:
-                return Prediction(labels[0], out[0].tolist(), self.classes)
-            return Predictions(labels, out.tolist(), self.classes)
+                return Prediction(
+                    labels[0], probs[0].tolist(), self.classes, None if spread is None else spread[0].tolist()
+                )
+            return Predictions(labels, probs.tolist(), self.classes, None if spread is None else spread.tolist())
         values = out[:, 0].tolist() if len(self.targets) == 1 else out.tolist()
         return RegressionPrediction(values[0], self.targets) if one else RegressionPredictions(values, self.targets)
 

@@ -85,6 +85,7 @@ RESUMABLE_KEYS = (
     "train.checkpoint_every",
     "dist.",
     "tracking.",
+    "sweep.ensemble_top_k",
     "workdir",
 )
 STOP_REASONS = ("patience", "non-finite", "budget")
@@ -458,6 +459,33 @@ def _pad(tree: Any, n: int) -> Any:
     )
 
 
+def check(config: Config, dataset: Dataset) -> list[Member]:
+    """The sweep's members, or the error that :func:`run_sweep` would raise, before anything is written.
+
+    Callers (``experiments/sweep.py``) run it before opening tracking or creating the
+    workdir, so an empty or malformed spec leaves no MLflow run and no folder behind.
+
+    Raises:
+      ConfigError: no axes, a malformed spec, an invalid member, a batch larger than the
+        training set, or ``sweep.ensemble_top_k`` < 0.
+      SweepError: more than one process, or a regression table.
+    """
+    if jax.process_count() > 1:
+        raise SweepError("sweeps run in one process (members are sharded over its local devices)")
+    if dataset.task != "classification":
+        raise SweepError("sweeps train classification tables for now (the ensemble averages probabilities)")
+    if config.sweep.ensemble_top_k < 0:
+        raise ConfigError(f"sweep.ensemble_top_k: {config.sweep.ensemble_top_k} must be >= 0 (0 or 1: no ensemble)")
+    n_train = len(dataset.y_train)
+    members = [dataclasses.replace(m, config=resolve_auto(m.config, n_train)) for m in expand(config)]  # "auto" budgets
+    for g in group_members(members):
+        if n_train < g[0].config.train.batch_size:
+            raise ConfigError(
+                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows"
+            )
+    return members
+
+
 def run_sweep(
     config: Config,
     dataset: Dataset,
@@ -473,19 +501,9 @@ def run_sweep(
       ConfigError: invalid sweep, or a batch larger than the training set.
       SweepError: a resume against a checkpoint of another sweep or other data.
     """
-    if jax.process_count() > 1:
-        raise SweepError("sweeps run in one process (members are sharded over its local devices)")
-    if dataset.task != "classification":
-        raise SweepError("sweeps train classification tables for now (the ensemble averages probabilities)")
-    n_train = len(dataset.y_train)
-    members = [dataclasses.replace(m, config=resolve_auto(m.config, n_train)) for m in expand(config)]
+    members = check(config, dataset)
     swept = [a.key for a in sweep_axes(config)]
     groups = group_members(members)
-    for g in groups:
-        if n_train < g[0].config.train.batch_size:
-            raise ConfigError(
-                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows"
-            )
 
     results: dict[int, MemberResult] = {}
     group_results: list[GroupResult] = []
@@ -651,6 +669,99 @@ def _run_group(
     return GroupResult(cfg0, tuple(m.index for m in group), final, best), mres, timings, n_dev
 
 
+# ----------------------------------------------------------------------------- artifacts
+
+
+def ensemble_members(result: SweepResult, k: int) -> list[int]:
+    """The top-``k`` members that can form one ensemble artifact: best first, all in one group.
+
+    An ensemble artifact holds one network shape, so when the global top-k span groups
+    (different hidden sizes, say) the ensemble is the top-k *within the best member's group*
+    (it may then hold fewer than ``k`` members).
+    """
+    ranked = top_k(result, len(result.members))
+    if not ranked:
+        return []
+    group = ranked[0].group
+    return [m.index for m in ranked if m.group == group][:k]
+
+
+def save_artifact(
+    result: SweepResult, members: Sequence[int], dataset: Dataset, directory: str | Path, config: Config
+) -> Path:
+    """Writes members of one group as a model artifact step folder; returns it.
+
+    One member: an ordinary single model (``meta.members`` = 1, its best parameters and its
+    config, history and early-stopping state), served and registered like a runner's
+    checkpoint. Several: a deep ensemble (``meta.members`` = K, ``best_params`` stacked in
+    the order given, best first; config and history of the first member, plus one history
+    row with the ensemble's validation log loss and accuracy). The step is the largest
+    best epoch among them. The folder holds ``best_params`` and ``meta`` only (no train
+    state: an artifact from a sweep is served, never resumed).
+
+    Raises:
+      ValueError: no members, or members of different groups (different network shapes).
+    """
+    from mlp_jax import artifact
+    from mlp_jax.artifact import DataInfo
+
+    members = list(members)
+    if not members:
+        raise ValueError("save_artifact: no members given")
+    groups = {result.members[i].group for i in members}
+    if len(groups) > 1:
+        raise ValueError(f"save_artifact: members {members} span groups {sorted(groups)} (different network shapes)")
+    g = result.groups[groups.pop()]
+    rows = np.asarray([g.members.index(i) for i in members], np.int32)
+    stacked = jax.tree.map(lambda a: np.asarray(jax.device_get(a))[rows], g.best_params)
+    first = result.members[members[0]]
+    member_config = with_values(dataclasses.replace(config, sweep=SweepConfig()), first.values)
+    spec = train.network_spec(member_config, dataset)
+    history = list(first.history)
+    if len(members) > 1:
+        mean, _ = ensemble_predict(g.graphdef, stacked, dataset.x_val)
+        history.append(
+            {
+                "epoch": max(result.members[i].best_epoch for i in members),
+                "ensemble_members": members,
+                "val_loss": log_loss(dataset.y_val, mean),
+                "val_accuracy": float(np.mean(mean.argmax(axis=1) == dataset.y_val)),
+            }
+        )
+        params = stacked
+    else:
+        params = jax.tree.map(lambda a: a[0], stacked)
+    meta = artifact.ArtifactMeta(
+        config=json.loads(to_json(member_config)),
+        input_columns=tuple(dataset.feature_names),
+        preprocessing=dataset.preprocessor.to_dict(),
+        network=spec,
+        data=DataInfo(dataset.source, dataset.digest, **dataset.split_sizes()),
+        task=dataset.task,
+        classes=tuple(dataset.classes),
+        history=tuple(history),
+        early_stopping={"best_loss": _jsonable(first.best_val_loss), "best_epoch": first.best_epoch, "bad_epochs": 0},
+        n_devices=result.n_devices,
+        members=len(members),
+    )
+    step = max(1, max(result.members[i].best_epoch for i in members))
+    directory = Path(directory).resolve()
+    mngr = artifact.manager(directory, read_only=False, keep=1)
+    try:
+        args = ocp.args.Composite(best_params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_dict()))
+        mngr.save(step, args=args, force=True)
+        mngr.wait_until_finished()
+    finally:
+        mngr.close()
+    return directory / str(step)
+
+
+def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log probability of the true classes (probabilities clipped at 1e-7)."""
+    p = np.clip(np.asarray(probs, np.float64)[np.arange(len(y)), y], 1e-7, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
 def _check_resume(
     meta: dict[str, Any], config: Config, member_meta: list, dataset: Dataset, where: Path, step: int
 ) -> None:
@@ -675,15 +786,19 @@ __all__ = [
     "MemberResult",
     "SweepError",
     "SweepResult",
+    "check",
     "create_states",
+    "ensemble_members",
     "ensemble_predict",
     "expand",
     "freeze",
     "group_members",
+    "log_loss",
     "make_sweep_epoch",
     "make_sweep_evaluate",
     "member_probs",
     "run_sweep",
+    "save_artifact",
     "static_key",
     "top_k",
 ]

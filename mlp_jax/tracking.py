@@ -28,6 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,30 @@ class Session:
         os.replace(tmp, workdir / RUN_FILE)
 
 
+def _open_experiment(config: Config, uri: str) -> tuple[MlflowClient, Any]:
+    """The client and the (created if missing) experiment; the registered model name is checked."""
+    cfg = config.tracking
+    if uri != mlflow.get_tracking_uri():  # an explicit tracking.uri: MLflow's fluent calls need it too
+        mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        client.create_experiment(cfg.experiment)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+    elif experiment.lifecycle_stage != "active":
+        raise TrackingError(
+            f"MLflow experiment {cfg.experiment!r} is deleted in {uri}; restore it or set tracking.experiment"
+        )
+    try:
+        client.get_registered_model(cfg.registered_model)
+    except MlflowException as e:
+        if e.error_code == "INVALID_PARAMETER_VALUE":
+            raise TrackingError(f"tracking.registered_model {cfg.registered_model!r}: {e.message}") from None
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    return client, experiment
+
+
 def start(config: Config, dataset: Any) -> Session:
     """Opens (or continues) the MLflow run for ``config`` before training.
 
@@ -417,24 +442,7 @@ def start(config: Config, dataset: Any) -> Session:
     workdir = Path(config.resolved_workdir).resolve()
     session = None
     try:
-        if uri != mlflow.get_tracking_uri():  # an explicit tracking.uri: MLflow's fluent calls need it too
-            mlflow.set_tracking_uri(uri)
-        client = MlflowClient(uri)
-        experiment = client.get_experiment_by_name(cfg.experiment)
-        if experiment is None:
-            client.create_experiment(cfg.experiment)
-            experiment = client.get_experiment_by_name(cfg.experiment)
-        elif experiment.lifecycle_stage != "active":
-            raise TrackingError(
-                f"MLflow experiment {cfg.experiment!r} is deleted in {uri}; restore it or set tracking.experiment"
-            )
-        try:
-            client.get_registered_model(cfg.registered_model)
-        except MlflowException as e:
-            if e.error_code == "INVALID_PARAMETER_VALUE":
-                raise TrackingError(f"tracking.registered_model {cfg.registered_model!r}: {e.message}") from None
-            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
+        client, experiment = _open_experiment(config, uri)
         previous = _read_run_file(workdir)
         continue_id, continues = None, None
         if previous and previous.get("tracking_uri") == uri and _has_checkpoint(workdir):
@@ -468,4 +476,271 @@ def start(config: Config, dataset: Any) -> Session:
     how = "continuing run" if continue_id else "run"
     browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite:") else ""
     print(f"mlflow: {how} {session.run_id} in experiment {cfg.experiment!r} at {uri}{browse}", flush=True)
+    return session
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+class RunsWriter:
+    """Epoch metrics of many runs (a sweep's members) sent by one background thread.
+
+    One ``log_batch`` per run and epoch (all of a member's metrics of that epoch in one
+    call), in the order given; :meth:`flush` waits and raises what failed.
+    """
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+        self.logged: dict[str, set[int]] = {}
+        self._queue: queue.Queue[tuple[str, list[Metric]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._errors: list[Exception] = []
+
+    def write_scalars(self, run_id: str, step: int, scalars: Mapping[str, Any]) -> None:
+        ts = _now_ms()
+        metrics = [
+            Metric(k, float(v), ts, int(step))
+            for k, v in scalars.items()
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))
+        ]
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send, name="mlflow-sweep-metrics", daemon=True)
+            self._thread.start()
+        self._queue.put((run_id, metrics))
+        self.logged.setdefault(run_id, set()).add(int(step))
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.client.log_batch(item[0], metrics=item[1])
+            except Exception as e:  # reported by flush(), in the caller's thread
+                self._errors.append(e)
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise TrackingError(
+                f"{len(errors)} member epoch metric batch(es) were not recorded: {type(errors[0]).__name__}: {errors[0]}"
+            )
+
+
+@dataclass(frozen=True)
+class SweepModel:
+    """A model a sweep registers: its artifact step folder and the numbers the gate and the version need."""
+
+    checkpoint: str
+    val_loss: float
+    test_metrics: dict[str, float]
+    run_id: str  # the run that logs it: the member's child run, or the parent for an ensemble
+    members: tuple[int, ...]
+
+
+class SweepSession(Session):
+    """A tracked sweep: the parent run (this session's run) and one child run per member.
+
+    Children get the member's full config and swept values as params, and their epoch
+    metrics (``on_epoch``: one ``log_batch`` per member and epoch, in the background);
+    :meth:`finish_sweep` fills in epochs trained before a resume, records each member's
+    result, registers the best member (logged in its child run) and optionally the
+    ensemble (logged in the parent run), both through the champion gate.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.children: dict[int, str] = {}
+        self.runs_writer = RunsWriter(self.client)
+
+    def start_children(self, members: list[Any], experiment_id: str) -> None:
+        for m in members:
+            run = self.client.create_run(
+                experiment_id,
+                run_name=f"{self.config.name}-member-{m.index}",
+                tags={
+                    "mlflow.parentRunId": self.run_id,
+                    "mlp_jax.sweep_member": str(m.index),
+                    "mlp_jax.sweep_values": json.dumps(m.values, default=str),
+                    "dataset_digest": self.dataset.digest,
+                },
+            )
+            self.children[m.index] = run.info.run_id
+            params = [Param(k, _param_value(v)) for k, v in to_flat_dict(m.config).items()]
+            params.append(Param("sweep.member", str(m.index)))
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run.info.run_id, params=params[i : i + 100])
+
+    def on_epoch(self, report: Any) -> None:
+        """A :class:`mlp_jax.sweep.EpochReport`: each trained member's row to its child run."""
+        for index, row in report.rows.items():
+            self.runs_writer.write_scalars(self.children[index], int(row["epoch"]), row)
+
+    def finish_sweep(
+        self, result: Any, summary: Mapping[str, Any], best: SweepModel | None, ensemble: SweepModel | None
+    ) -> dict[str, Any]:
+        """Records every member, registers ``best`` and ``ensemble``, ends the runs; returns what to add to
+        ``summary.json`` (run ids, registered versions, gate decisions).
+
+        Raises:
+          TrackingError: the results could not be recorded (the runs are marked FAILED and
+            no half-registered version is left behind).
+        """
+        client = self.client
+        out: dict[str, Any] = {}
+        try:
+            self.runs_writer.flush()
+            for m in result.members:
+                run_id = self.children[m.index]
+                have = self.runs_writer.logged.get(run_id, set())
+                ts = _now_ms()
+                metrics = [
+                    Metric(k, float(v), ts, int(h["epoch"]))
+                    for h in m.history
+                    if int(h["epoch"]) not in have
+                    for k, v in h.items()
+                    if k != "epoch" and v is not None and math.isfinite(float(v))
+                ]
+                final = {"best_epoch": m.best_epoch, "epochs_run": m.epochs_run}
+                if math.isfinite(m.best_val_loss):
+                    final["best_val_loss"] = m.best_val_loss
+                metrics += [Metric(k, float(v), ts, 0) for k, v in final.items()]
+                for i in range(0, len(metrics), 1000):
+                    client.log_batch(run_id, metrics=metrics[i : i + 1000], tags=[RunTag("mlp_jax.stopped", m.stopped)])
+            client.log_dict(self.run_id, {"members": result.table()}, "sweep_table.json")
+            out["mlflow_run_id"] = self.run_id
+            out["mlflow_experiment_id"] = client.get_run(self.run_id).info.experiment_id
+            out["mlflow_tracking_uri"] = self.uri
+            out["registered_model"] = self.config.tracking.registered_model
+            out["member_runs"] = {str(i): r for i, r in self.children.items()}
+            parent_metrics: dict[str, float] = {}
+            for key, model in (("best_member", best), ("ensemble", ensemble)):
+                if model is None:
+                    continue
+                reg = self._register_sweep_model(model, key)
+                out[key] = {
+                    "members": list(model.members),
+                    "checkpoint": model.checkpoint,
+                    "run_id": model.run_id,
+                    "val_loss": model.val_loss,
+                    **model.test_metrics,
+                    "model_version": reg.model_version,
+                    "model_uri": reg.model_uri,
+                    "champion": reg.champion,
+                    "champion_gate": dataclasses.asdict(reg.gate),
+                }
+                parent_metrics.update(
+                    {f"{key}_{k}": v for k, v in {"val_loss": model.val_loss, **model.test_metrics}.items()}
+                )
+            finite = {k: float(v) for k, v in parent_metrics.items() if v is not None and math.isfinite(float(v))}
+            if finite:
+                client.log_batch(self.run_id, metrics=[Metric(k, v, _now_ms(), 0) for k, v in finite.items()])
+            client.log_dict(self.run_id, json.loads(json.dumps({**summary, **out}, default=str)), "summary.json")
+            for run_id in self.children.values():
+                client.set_terminated(run_id, "FINISHED")
+            self._end("FINISHED")
+            self._pending_version = None
+        except TrackingError:
+            raise
+        except Exception as e:
+            raise TrackingError(
+                f"recording MLflow sweep run {self.run_id} at {self.uri} failed: {type(e).__name__}: {e}"
+            ) from e
+        return out
+
+    def _register_sweep_model(self, model: SweepModel, key: str) -> registry.Registration:
+        from mlp_jax import pyfunc
+
+        child = model.run_id != self.run_id
+        if child:
+            mlflow.start_run(run_id=model.run_id, nested=True)
+        try:
+            info = pyfunc.log_model(model.checkpoint, params={"sweep.members": ",".join(map(str, model.members))})
+            metrics = {f"test_{k}" if not k.startswith("test_") else k: v for k, v in model.test_metrics.items()}
+            mlflow.log_metrics(
+                {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))},
+                run_id=model.run_id,
+                model_id=info.model_id,
+                dataset=self.mlflow_dataset,
+            )
+            reg = registry.register(
+                self.client,
+                info,
+                run_id=model.run_id,
+                name=self.config.tracking.registered_model,
+                experiment=f"{self.config.name} ({key.replace('_', ' ')} {list(model.members)})",
+                val_loss=model.val_loss,
+                metric=registry.GATE_METRICS["classification"],
+                dataset_digest=self.dataset.digest,
+                dataset_source=str(self.dataset.source),
+                test_accuracy=model.test_metrics.get("test_accuracy"),
+                pending=self._set_pending,
+            )
+            self._pending_version = None  # registered: this one stays even if a later step fails
+        finally:
+            if child:
+                mlflow.end_run("FINISHED")
+        return reg
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Marks the parent and every unfinished child FAILED (KILLED on Ctrl-C); never raises."""
+        try:
+            self.runs_writer.flush()
+        except Exception as e:
+            print(f"mlflow: some member epoch metrics were not recorded: {e}", flush=True)
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        while (active := mlflow.active_run()) is not None and active.info.run_id != self.run_id:
+            mlflow.end_run(status)  # a child left open by a failed registration
+        for run_id in self.children.values():
+            try:
+                if self.client.get_run(run_id).info.status == "RUNNING":
+                    self.client.set_terminated(run_id, status)
+            except Exception as e:
+                print(f"mlflow: could not end member run {run_id}: {e}", flush=True)
+        super().abort(exc)
+
+
+def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSession:
+    """Opens a sweep's parent run and its member runs before training (a new parent per invocation).
+
+    A resumed sweep gets a new parent and new children; :meth:`SweepSession.finish_sweep`
+    logs the epochs the checkpoint already held, so every child ends with its full history.
+
+    Raises:
+      TrackingError: the store is unreachable, locked or not writable, or the registered
+        model name is refused; nothing has been trained yet.
+    """
+    cfg = config.tracking
+    uri = resolve_uri(config)
+    if not cfg.registered_model.strip():
+        raise TrackingError("tracking.registered_model must name a registered model")
+    check_store(uri)
+    session = None
+    try:
+        client, experiment = _open_experiment(config, uri)
+        run = mlflow.start_run(
+            experiment_id=experiment.experiment_id, run_name=config.name, nested=mlflow.active_run() is not None
+        )
+        session = SweepSession(config, dataset, uri, client, run.info.run_id, continued=False)
+        session.record_start(None)
+        client.set_tag(session.run_id, "mlp_jax.sweep_members", str(len(members)))
+        session.start_children(members, experiment.experiment_id)
+    except TrackingError:
+        if session is not None:
+            session.abort(None)
+        raise
+    except Exception as e:
+        if session is not None:
+            session.abort(e)
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise TrackingError(
+            f"MLflow store {uri} is not usable ({type(e).__name__}: {first_line}); nothing was trained. "
+            "Fix the store or run with tracking.enabled=false"
+        ) from e
+    browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite:") else ""
+    print(
+        f"mlflow: sweep run {session.run_id} with {len(members)} member runs in experiment {cfg.experiment!r} at {uri}{browse}",
+        flush=True,
+    )
     return session

@@ -1,0 +1,289 @@
+"""Sweeps end to end: experiments.sweep tracked in a real SQLite store, spec errors, kill -9 + rerun,
+and a deep ensemble served by the predictor, the service, the batch command and the pyfunc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import sweep as sweep_experiment
+from mlp_jax import artifact
+from mlp_jax import sweep as S
+from mlp_jax.predictor import Predictor
+from tests.helpers import MODEL, ROOT, count_compilations, use_store, write_tiny_csv
+
+K = 2  # ensemble members
+
+
+def _args(csv: Path, workdir: Path, **overrides: str) -> list[str]:
+    items = {
+        "workdir": str(workdir),
+        "data.path": str(csv),
+        "model.hidden_sizes": "16,8",
+        "train.epochs": "3",
+        "train.batch_size": "32",
+        "train.patience": "0",
+        "train.checkpoint_every": "1",
+        "train.progress": "false",
+        "tracking.registered_model": MODEL,
+        "sweep.optim.learning_rate": "3e-3,1e-2",
+        "sweep.seed": "0,1",
+        "sweep.ensemble_top_k": str(K),
+        **overrides,
+    }
+    return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="module")
+def tracked_sweep(tmp_path_factory, mlflow_db):
+    """One tracked 4-member sweep (2 learning rates x 2 seeds, top-2 ensemble) in a fresh SQLite store."""
+    folder = tmp_path_factory.mktemp("tracked-sweep")
+    csv = write_tiny_csv(folder / "tiny.csv")
+    uri = mlflow_db(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, folder, uri)
+        assert sweep_experiment.main(_args(csv, folder / "w")) == 0
+        summary = json.loads((folder / "w" / "summary.json").read_text())
+        yield folder, csv, uri, summary
+
+
+# ----------------------------------------------------------------------------- tracking
+
+
+def test_tracked_sweep_has_parent_children_and_two_registered_models(tracked_sweep):
+    from mlflow.tracking import MlflowClient
+
+    folder, _, uri, summary = tracked_sweep
+    client = MlflowClient(uri)
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 4 == len(summary["members"])
+    by_member = {int(c.data.tags["mlp_jax.sweep_member"]): c for c in children}
+    for row in summary["members"]:
+        child = by_member[row["member"]]
+        assert child.info.status == "FINISHED"
+        assert child.data.params["seed"] == str(row["values"]["seed"])
+        assert float(child.data.params["optim.learning_rate"]) == row["values"]["optim.learning_rate"]
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == list(range(1, row["epochs_run"] + 1))
+        assert child.data.metrics["best_val_loss"] == pytest.approx(row["best_val_loss"])
+        assert child.data.tags["mlp_jax.stopped"] == row["stopped"]
+
+    best, ens = summary["models"]["best_member"], summary["models"]["ensemble"]
+    ranked = sorted(summary["members"], key=lambda r: (r["best_val_loss"], r["member"]))
+    assert best["members"] == [ranked[0]["member"]]
+    assert len(ens["members"]) == K and ens["members"][0] == best["members"][0]
+    versions = {str(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
+    assert len(versions) == 2
+    assert versions[best["model_version"]].run_id == by_member[best["members"][0]].info.run_id
+    assert versions[ens["model_version"]].run_id == parent.info.run_id
+    assert best["model_version"] != ens["model_version"]
+    # the gate ran for both: the first registered became champion
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    assert champion in (best["model_version"], ens["model_version"])
+    assert "best_member_test_loss" in parent.data.metrics and "ensemble_test_loss" in parent.data.metrics
+    assert (folder / "w" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sweep.axes": "", "sweep.optim.learning_rate": None, "sweep.seed": None}, "nothing to sweep"),
+        ({"train.batch_size": "100000"}, "larger than"),
+        ({"sweep.ensemble_top_k": "-1"}, "ensemble_top_k"),
+    ],
+)
+def test_empty_or_malformed_spec_writes_nothing(tmp_path, monkeypatch, mlflow_db, capsys, overrides, message):
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    uri = mlflow_db(tmp_path)
+    use_store(monkeypatch, tmp_path, uri)
+    args = [a for a in _args(csv, tmp_path / "w", **{k: v for k, v in overrides.items() if v is not None})]
+    args = [a for a in args if a.split("=", 1)[0] not in {k for k, v in overrides.items() if v is None}]
+    assert sweep_experiment.main(args) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    from mlflow.tracking import MlflowClient
+
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
+
+
+def test_malformed_axis_is_a_config_error(tmp_path, capsys):
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    assert sweep_experiment.main(_args(csv, tmp_path / "w", **{"sweep.optim.learning_rate": "fast"})) == 2
+    assert "sweep.optim.learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------------- serving
+
+
+def _member_probs(summary: dict, folder: Path, x: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Each member's probabilities from the sweep checkpoint (independently of the ensemble artifact)."""
+    loaded = artifact.load(summary["models"]["ensemble"]["checkpoint"])
+    return S.member_probs(loaded.graphdef, loaded.params, x, list(range(len(ids))))
+
+
+def test_ensemble_predictor_mean_and_spread(tracked_sweep):
+    folder, csv, _, summary = tracked_sweep
+    ens = Predictor.load(summary["models"]["ensemble"]["checkpoint"])
+    single = Predictor.load(summary["models"]["best_member"]["checkpoint"])
+    assert ens.members == K and single.members == 1
+    frame = pd.read_csv(csv).head(70)
+    x = ens.encode(frame)
+    per_member = _member_probs(summary, folder, x, summary["models"]["ensemble"]["members"])
+    out = ens.run_encoded(x)
+    probs, spread = ens.split(out)
+    np.testing.assert_allclose(probs, per_member.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(spread, per_member.std(axis=0), atol=1e-6)
+    # member 0 of the ensemble is the best member: same numbers as the single-model artifact
+    np.testing.assert_allclose(per_member[0], single.predict_proba(frame), atol=1e-6)
+    # a row's answer does not depend on its batch, and no request size compiles anything
+    with count_compilations() as compiled:
+        for n in (1, 5, 33, 70):
+            np.testing.assert_array_equal(ens.run_encoded(x[:n]), out[:n])
+    assert compiled == []
+    assert ens.output_columns() == ["prediction", "proba_0", "proba_1", "std_0", "std_1"]
+    assert single.output_columns() == ["prediction", "proba_0", "proba_1"]
+    assert "spread" in ens.format(out[:1])[0] and "spread" not in single.format(single.run_encoded(x[:1]))[0]
+    assert ens.describe()["members"] == K
+
+
+def test_ensemble_through_service_and_batch_cli(tracked_sweep, tmp_path):
+    from litestar.testing import TestClient
+
+    from mlp_jax import predict, serve
+
+    _, csv, _, summary = tracked_sweep
+    ens = Predictor.load(summary["models"]["ensemble"]["checkpoint"])
+    frame = pd.read_csv(csv).head(7)
+    features = frame[list(ens.feature_names)]
+    probs, spread = ens.split(ens.run_encoded(ens.encode(features)))
+    with TestClient(serve.create_app(ens)) as client:
+        one = client.post("/predict", json={"features": features.iloc[0].tolist()}).json()
+        many = client.post("/predict", json={"instances": features.values.tolist()}).json()
+        inv = client.post("/invocations", json={"dataframe_split": features.to_dict(orient="split")}).json()
+        assert client.get("/metadata").json()["members"] == K
+    np.testing.assert_allclose(one["probabilities"], probs[0], atol=1e-6)
+    np.testing.assert_allclose(one["spread"], spread[0], atol=1e-6)
+    np.testing.assert_allclose(many["spread"], spread, atol=1e-6)
+    records = pd.DataFrame(inv["predictions"])
+    np.testing.assert_allclose(records[["std_0", "std_1"]].to_numpy(), spread, atol=1e-6)
+
+    single = Predictor.load(summary["models"]["best_member"]["checkpoint"])
+    with TestClient(serve.create_app(single)) as client:
+        assert "spread" not in client.post("/predict", json={"features": features.iloc[0].tolist()}).json()
+
+    src = tmp_path / "in.csv"
+    frame.to_csv(src, index=False)
+    predict.predict_csv(ens, src, tmp_path / "out.csv", progress=False)
+    out = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(out[["proba_0", "proba_1"]].to_numpy(), probs, atol=1e-6)
+    np.testing.assert_allclose(out[["std_0", "std_1"]].to_numpy(), spread, atol=1e-6)
+
+
+def test_ensemble_through_pyfunc(tracked_sweep, monkeypatch):
+    import mlflow
+
+    folder, csv, uri, summary = tracked_sweep
+    use_store(monkeypatch, folder, uri)
+    model = mlflow.pyfunc.load_model(summary["models"]["ensemble"]["model_uri"])
+    outputs = [c.name for c in model.metadata.get_output_schema().inputs]
+    assert outputs == ["prediction", "proba_0", "proba_1", "std_0", "std_1"]
+    frame = pd.read_csv(csv).head(9)
+    got = model.predict(frame.drop(columns=["target"]))
+    ens = Predictor.load(summary["models"]["ensemble"]["checkpoint"])
+    expected = ens.predict_frame(frame)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_artifact_members_field_defaults_to_one_and_is_checked(tracked_sweep):
+    _, _, _, summary = tracked_sweep
+    meta = artifact.read_meta_at(summary["models"]["ensemble"]["checkpoint"])
+    assert meta.members == K
+    d = meta.to_dict()
+    del d["members"]  # a format-2 artifact written before ensembles existed
+    assert artifact.ArtifactMeta.from_dict(d).members == 1
+    with pytest.raises(artifact.CheckpointError, match="members"):
+        artifact.ArtifactMeta.from_dict({**d, "members": 0})
+
+
+def test_save_artifact_refuses_members_of_two_groups(tmp_path):
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    from mlp_jax import config as C
+    from mlp_jax import data as D
+
+    cfg = C.apply_overrides(
+        C.Config(),
+        [f"data.path={csv}", "train.epochs=1", "train.batch_size=32", "sweep.model.hidden_sizes=8/4", "sweep.seed=0,1"],
+    )
+    ds = D.prepare(cfg.data, cfg.seed)
+    result = S.run_sweep(cfg, ds)
+    with pytest.raises(ValueError, match="span groups"):
+        S.save_artifact(result, [0, 2], ds, tmp_path / "e", cfg)
+    ids = S.ensemble_members(result, 4)  # the top-4 within the best member's group: its 2 members
+    assert len(ids) == 2 and len({result.members[i].group for i in ids}) == 1
+    assert ids[0] == S.top_k(result, 1)[0].index
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "MLP_JAX_COMPILATION_CACHE": "off",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+
+
+def _sweep_cmd(csv: Path, workdir: Path) -> list[str]:
+    args = _args(csv, workdir, **{"train.epochs": "12", "tracking.enabled": "false"})
+    return [sys.executable, "-m", "experiments.sweep", *args]
+
+
+def _params(step: str) -> list[np.ndarray]:
+    return [np.asarray(a) for a in jax.tree.leaves(artifact.load(step).params)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
+    csv = write_tiny_csv(tmp_path / "data.csv", n=6000)
+    ref = tmp_path / "ref"
+    subprocess.run(_sweep_cmd(csv, ref), cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
+    workdir = tmp_path / "killed"
+    cmd = _sweep_cmd(csv, workdir)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (workdir / "group-0" / "3").exists():
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    assert not (workdir / "summary.json").exists()
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
+    a = json.loads((ref / "summary.json").read_text())
+    b = json.loads((workdir / "summary.json").read_text())
+    assert a["members"] == b["members"]
+    assert a["ensemble"] == b["ensemble"]
+    for key in ("best_member", "ensemble"):
+        assert a["models"][key]["members"] == b["models"][key]["members"]
+        for x, y in zip(_params(a["models"][key]["checkpoint"]), _params(b["models"][key]["checkpoint"]), strict=True):
+            np.testing.assert_array_equal(x, y)
