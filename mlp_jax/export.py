@@ -387,6 +387,11 @@ def export_artifact(loaded: LoadedArtifact, out_dir: str | Path, onnx: bool | No
       CheckpointError: a format-1 artifact, or an activation without an ONNX translation.
       ImportError: ``onnx=True`` without the ``onnx`` package.
     """
+    if loaded.meta.members != 1:
+        raise CheckpointError(
+            f"{loaded.path}: an ensemble of {loaded.meta.members} members; export one member (a single-model "
+            "artifact) instead: ensembles are not exported yet"
+        )
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / FORWARD_FILE).unlink(missing_ok=True)
@@ -492,6 +497,7 @@ class ExportedPredictor(Predictor):
         self.name = name or meta.name or folder.name
         self.version = version or f"step-{self.checkpoint.step}"
         self.task = meta.task
+        self.members = 1  # export_artifact refuses ensembles
         self.feature_names = tuple(meta.input_columns)
         self.classes = tuple(meta.classes) if self.task == "classification" else ()
         self.targets = tuple(meta.targets) if self.task == "regression" else ()

@@ -200,7 +200,7 @@ class Predictor:
           mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
         """
         where = model_uri.resolve(model)  # CheckpointError names a bad store, name, alias or version
-        if (where.path / "forward.stablehlo").is_file():  # [export hook] a folder from mlp_jax.export
+        if (where.path / "forward.stablehlo").is_file():  # a folder from mlp_jax.export
             from mlp_jax.export import ExportedPredictor
 
             return ExportedPredictor(where.path, buckets, source=where.source, name=where.name, version=where.version)

@@ -30,7 +30,7 @@ from mlp_jax import artifact
 from mlp_jax.artifact import ArtifactMeta, CheckpointError
 from mlp_jax.model_uri import CHECKPOINT_ARTIFACT, MODEL_NAME_IN_RUN
 
-#: [export hook] The exported folder's artifact key (= mlp_jax.export.EXPORTED_ARTIFACT; not imported: jax).
+#: The exported folder's artifact key (= mlp_jax.export.EXPORTED_ARTIFACT; not imported: jax).
 EXPORTED_ARTIFACT = "exported"
 
 #: What the model needs at inference (pinned to the versions installed when it was logged).
@@ -171,12 +171,16 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
     failures = _ValidationFailures()
     logger = logging.getLogger("mlflow.models.model")
     logger.addHandler(failures)
-    exported = _exported_folder(workdir / str(step))  # [export hook]
+    # The portable export (StableHLO + ONNX) rides along for single models; ensembles are not exported yet.
+    exported = _exported_folder(workdir / str(step)) if meta.members == 1 else None
+    artifacts = {CHECKPOINT_ARTIFACT: str(workdir / str(step))}
+    if exported is not None:
+        artifacts[EXPORTED_ARTIFACT] = str(exported)
     try:
         info = mlflow.pyfunc.log_model(
             name=name,
             python_model=str(Path(__file__).resolve()),
-            artifacts={CHECKPOINT_ARTIFACT: str(workdir / str(step)), EXPORTED_ARTIFACT: str(exported)},
+            artifacts=artifacts,
             signature=signature,
             input_example=example,
             pip_requirements=pip_requirements(),
@@ -184,7 +188,8 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
         )
     finally:
         logger.removeHandler(failures)
-        shutil.rmtree(exported.parent, ignore_errors=True)  # [export hook]
+        if exported is not None:
+            shutil.rmtree(exported.parent, ignore_errors=True)
     if failures.errors:
         raise CheckpointError(
             f"the model logged from {workdir / str(step)} failed to load and predict its input example "
@@ -194,7 +199,7 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
 
 
 def _exported_folder(step_folder: Path) -> Path:
-    """[export hook] The step exported (StableHLO + ONNX when installed, :mod:`mlp_jax.export`) into a temp folder."""
+    """The step exported (StableHLO + ONNX when installed, :mod:`mlp_jax.export`) into a temp folder."""
     import tempfile
 
     from mlp_jax.export import export_artifact

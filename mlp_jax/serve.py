@@ -51,7 +51,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from mlp_jax.batcher import DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_WAIT_S, MicroBatcher, QueueFull  # [batcher wiring]
+from mlp_jax.batcher import DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_WAIT_S, MicroBatcher, QueueFull
 from mlp_jax.predictor import Predictor, PredictorError
 from mlp_jax.schemas import (
     DataframeSplit,
@@ -103,7 +103,7 @@ UNKNOWN_CATEGORIES = Counter(
     ["column"],
     registry=REGISTRY,
 )
-# [batcher wiring] the micro-batcher's two histograms
+# the micro-batcher's two histograms
 BATCH_ROWS = Histogram(
     "mlp_jax_batch_rows",
     "Rows per coalesced model call",
@@ -364,7 +364,7 @@ class Service:
         self.predictor = predictor
         self.max_rows = max_rows
         self.ready = False
-        self.batcher: MicroBatcher | None = None  # [batcher wiring] set by the app's lifespan
+        self.batcher: MicroBatcher | None = None  # set by the app's lifespan
         self.columns = predictor.output_columns()  # one /invocations record
         self.classes = list(predictor.classes)
         self.targets = list(predictor.targets)
@@ -426,7 +426,7 @@ class Service:
         import anyio.to_thread
 
         x = await anyio.to_thread.run_sync(self.encode, rows) if n > OFFLOAD_ROWS else self.encode(rows)
-        if self.batcher is not None:  # [batcher wiring] QueueFull propagates to the 503 handler
+        if self.batcher is not None:  # QueueFull propagates to the 503 handler
             out = await self.batcher.submit(x)
         elif n > OFFLOAD_ROWS:
             out = await anyio.to_thread.run_sync(self.predictor.run_encoded, x)
@@ -584,7 +584,7 @@ def create_app(
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
         return problem(request, 500, f"internal server error ({type(e).__name__}); the server log has the traceback")
 
-    # [batcher wiring] begin: the batcher lives as long as the server; a full queue answers 503
+    # the batcher lives as long as the server; a full queue answers 503
     @asynccontextmanager
     async def batching_lifespan(_: Litestar) -> AsyncIterator[None]:
         if not batching:
@@ -613,7 +613,6 @@ def create_app(
         response.headers["Retry-After"] = str(e.retry_after_s)
         return response
 
-    # [batcher wiring] end
 
     handlers: list[Any] = [predict, invocations, health, ready, metadata, metrics]
     if (assets := _swagger_assets()) is not None:
@@ -621,7 +620,7 @@ def create_app(
     app = Litestar(
         route_handlers=handlers,
         exception_handlers={HTTPException: on_http_error, QueueFull: on_overload, Exception: on_unexpected},
-        lifespan=[batching_lifespan],  # [batcher wiring]
+        lifespan=[batching_lifespan],
         middleware=[metrics_middleware],
         request_max_body_size=max_body_bytes,
         openapi_config=docs_config(),
@@ -772,8 +771,8 @@ def worker_app() -> Litestar:
         predictor,
         max_rows=spec["max_rows"],
         max_body_bytes=spec["max_body_bytes"],
-        batch_wait_s=spec["batch_wait_s"],  # [batcher wiring]
-        max_queue_rows=spec["max_queue_rows"],  # [batcher wiring]
+        batch_wait_s=spec["batch_wait_s"],
+        max_queue_rows=spec["max_queue_rows"],
         batching=spec.get("batching", True),
     )
 
@@ -790,7 +789,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1, help="worker processes, each with its own compiled model")
     p.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS, help="most rows per request")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="largest request body")
-    # [batcher wiring] begin
     p.add_argument(
         "--batch-wait-ms",
         type=float,
@@ -808,9 +806,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run every request's model call on its own, without the micro-batcher (same answers; for comparisons)",
     )
-    # [batcher wiring] end
     args = p.parse_args(argv)
-    if args.batch_wait_ms < 0:  # [batcher wiring]
+    if args.batch_wait_ms < 0:
         p.error(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms}")
     for name in ("port", "workers", "max_rows", "max_body_bytes", "max_queue_rows"):
         if getattr(args, name) < (0 if name == "port" else 1):
@@ -818,7 +815,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _exit_cleanly(signum: int, frame: Any) -> None:  # [batcher wiring]
+def _exit_cleanly(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
@@ -842,8 +839,8 @@ def main(argv: list[str] | None = None) -> int:
             predictor,
             max_rows=args.max_rows,
             max_body_bytes=args.max_body_bytes,
-            batch_wait_s=args.batch_wait_ms / 1e3,  # [batcher wiring]
-            max_queue_rows=args.max_queue_rows,  # [batcher wiring]
+            batch_wait_s=args.batch_wait_ms / 1e3,
+            max_queue_rows=args.max_queue_rows,
             batching=not args.no_batching,
         )
     except (CheckpointError, PredictorError) as e:
@@ -861,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
     )
     if args.workers == 1:
-        # [batcher wiring] uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),
+        # uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),
         # which would end the process with -15; a clean stop exits 0.
         signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run(app, **server_options)
@@ -878,8 +875,8 @@ def main(argv: list[str] | None = None) -> int:
                 "version": predictor.version,
                 "max_rows": args.max_rows,
                 "max_body_bytes": args.max_body_bytes,
-                "batch_wait_s": args.batch_wait_ms / 1e3,  # [batcher wiring]
-                "max_queue_rows": args.max_queue_rows,  # [batcher wiring]
+                "batch_wait_s": args.batch_wait_ms / 1e3,
+                "max_queue_rows": args.max_queue_rows,
                 "batching": not args.no_batching,
             }
         )
