@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mlp_jax import artifact
+from mlp_jax import artifact, model_uri
 from mlp_jax.artifact import ArtifactMeta, CheckpointError, LoadedArtifact
 from mlp_jax.features import (
     _BOOL_TOKENS,
@@ -627,3 +627,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def load_predictor(model: str | Path, buckets: Sequence[int] = DEFAULT_BUCKETS) -> Predictor:
+    """A predictor for any model reference: an exported folder (:class:`ExportedPredictor`), a
+    workdir, a step folder or an MLflow URI (:meth:`Predictor.load`).
+
+    The one loader the service, the batch command and the pyfunc use, so ``--model`` accepts all of them.
+
+    Raises:
+      mlp_jax.artifact.CheckpointError: the path is missing, not a model, or damaged.
+    """
+    where = model_uri.resolve(model)
+    if (where.path / FORWARD_FILE).is_file():
+        return ExportedPredictor(where.path, buckets, source=where.source, name=where.name, version=where.version)
+    return Predictor(
+        artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version
+    )

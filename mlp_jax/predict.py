@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from mlp_jax import data
+from mlp_jax.export import load_predictor
 from mlp_jax.predictor import Predictor, PredictorError
 
 #: Bytes of CSV parsed per block; one block is scored and written before the next is held.
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
     compilation_cache.enable()
     try:
-        predictor = Predictor.load(args.model)
+        predictor = load_predictor(args.model)
     except CheckpointError as e:
         print(f"error: cannot load --model {args.model}: {e}", file=sys.stderr)
         return 1

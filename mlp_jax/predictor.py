@@ -193,17 +193,19 @@ class Predictor:
 
     @classmethod
     def load(cls, model: str | Path, buckets: Sequence[int] = DEFAULT_BUCKETS) -> Predictor:
-        """From a workdir, a step folder, an MLflow URI (``models:/NAME@alias``, ``runs:/ID/model``),
-        or an exported folder (``python -m mlp_jax.export``; gives an ``ExportedPredictor``).
+        """From a workdir, a step folder or an MLflow URI (``models:/NAME@alias``, ``runs:/ID/model``).
+
+        An exported folder (``python -m mlp_jax.export``) is loaded by :func:`mlp_jax.export.load_predictor`,
+        which the service, the batch command and the pyfunc call (it accepts both).
 
         Raises:
           mlp_jax.artifact.CheckpointError: the path is missing or not a checkpoint.
         """
         where = model_uri.resolve(model)  # CheckpointError names a bad store, name, alias or version
-        if (where.path / "forward.stablehlo").is_file():  # a folder from mlp_jax.export
-            from mlp_jax.export import ExportedPredictor
-
-            return ExportedPredictor(where.path, buckets, source=where.source, name=where.name, version=where.version)
+        if (where.path / "forward.stablehlo").is_file():
+            raise artifact.CheckpointError(
+                f"{where.path} is an exported model folder: load it with mlp_jax.export.load_predictor"
+            )
         return cls(artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version)
 
     @property

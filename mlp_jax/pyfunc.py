@@ -50,10 +50,10 @@ class MlpJaxModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from mlp_jax.predictor import Predictor
+        from mlp_jax.export import load_predictor
 
         buckets = (context.model_config or {}).get("buckets") or PYFUNC_BUCKETS
-        self.predictor = Predictor.load(context.artifacts[CHECKPOINT_ARTIFACT], buckets=buckets)
+        self.predictor = load_predictor(context.artifacts[CHECKPOINT_ARTIFACT], buckets=buckets)
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
@@ -207,6 +207,9 @@ def _exported_folder(step_folder: Path) -> Path:
     out = Path(tempfile.mkdtemp(prefix="mlp-jax-")) / EXPORTED_ARTIFACT  # MLflow keeps the folder's name
     try:
         export_artifact(artifact.load(step_folder), out)
+    except CheckpointError as e:
+        shutil.rmtree(out.parent, ignore_errors=True)
+        raise CheckpointError(f"the model at {step_folder} failed to load and predict: {e}") from None
     except BaseException:
         shutil.rmtree(out.parent, ignore_errors=True)
         raise

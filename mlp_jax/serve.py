@@ -52,6 +52,7 @@ from prometheus_client import (
 )
 
 from mlp_jax.batcher import DEFAULT_MAX_QUEUE_ROWS, DEFAULT_MAX_WAIT_S, MicroBatcher, QueueFull
+from mlp_jax.export import load_predictor
 from mlp_jax.predictor import Predictor, PredictorError
 from mlp_jax.schemas import (
     DataframeSplit,
@@ -518,7 +519,7 @@ def create_app(
     """
     if max_rows < 1 or max_body_bytes < 1:
         raise ValueError(f"max_rows and max_body_bytes must be positive, got {max_rows} and {max_body_bytes}")
-    predictor = model if isinstance(model, Predictor) else Predictor.load(model)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model)
     service = Service(predictor, max_rows)
     if warmup:
         predictor.warmup()
@@ -765,7 +766,7 @@ def worker_app() -> Litestar:
     """App factory for ``--workers N`` (uvicorn imports this in each worker process)."""
     configure_jax()
     spec = json.loads(os.environ[_WORKER_ENV])
-    predictor = Predictor.load(spec["checkpoint"])
+    predictor = load_predictor(spec["checkpoint"])
     predictor.source, predictor.name, predictor.version = spec["source"], spec["name"], spec["version"]
     return create_app(
         predictor,
@@ -834,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_jax()
     try:
-        predictor = Predictor.load(args.model)
+        predictor = load_predictor(args.model)
         app = create_app(
             predictor,
             max_rows=args.max_rows,

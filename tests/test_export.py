@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mlp_jax import artifact, export
-from mlp_jax.export import ExportedPredictor
+from mlp_jax.export import ExportedPredictor, load_predictor
 from mlp_jax.predictor import Predictor
 from tests.helpers import penguins_csv, trained_penguins, trained_regression
 
@@ -30,7 +30,7 @@ def _case(workdir: Path, out: Path, drop: list[str]) -> SimpleNamespace:
         folder=out,
         paths=paths,
         reference=Predictor.load(workdir),
-        exported=Predictor.load(out),
+        exported=load_predictor(out),
         frame=frame,
         meta=loaded.meta,
     )
@@ -216,4 +216,4 @@ def test_a_logged_mlflow_model_carries_the_exported_folder(cases, tmp_path, monk
     local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "dl")))
     exported = next(local.rglob("forward.stablehlo")).parent
     assert exported.name == "exported" and (exported / "model.onnx").is_file()
-    _assert_close(Predictor.load(exported).predict_outputs(c.frame), c.reference.predict_outputs(c.frame), PROBS_TOL)
+    _assert_close(load_predictor(exported).predict_outputs(c.frame), c.reference.predict_outputs(c.frame), PROBS_TOL)
