@@ -11,6 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlp_jax import artifact as A
+from mlp_jax import config as C
 from mlp_jax import data as D
 from mlp_jax import train as T
 from tests.helpers import ROOT, tiny_config, write_tiny_csv
@@ -37,7 +38,7 @@ def test_round_trip_resume_and_inference_restore(tmp_path, tiny_csv):
     assert ic.meta.classes == (0, 1)
     assert ic.meta.preprocessing == ds.preprocessor.to_dict()
     assert ic.meta.metrics["epoch"] == 4
-    assert ic.meta.experiment == cfg
+    assert ic.meta.experiment == C.resolve_auto(cfg, len(ds.y_train))  # stored with "auto" resolved
     assert A.ArtifactMeta.from_json(ic.meta.to_json()) == ic.meta  # the typed format round-trips
     # a step folder works too, and so does restoring onto a named device
     assert A.load(Path(cfg.resolved_workdir) / "2", device=jax.devices()[0]).step == 2

@@ -411,7 +411,7 @@ def test_service_batch_and_pyfunc_agree_on_a_registered_model(registry):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/ready", proc, timeout=120)
+        wait_http(f"{url}/ready", proc, timeout=300)  # two workers each compile: slow beside other tests
         features = frame.drop(columns=["id"])
         with httpx.Client(base_url=url, timeout=30) as http:
             meta = http.get("/metadata").json()
