@@ -338,3 +338,28 @@ def test_logging_to_a_real_mlflow_server_over_http(tmp_path, tiny_csv, monkeypat
         assert (remote.predict_proba(rows) == local.predict_proba(rows)).all()
     finally:
         stop(server)
+
+
+def test_dataset_schema_uses_the_real_column_names_even_a_feature_called_target(tmp_path):
+    """Issue #16: the schema once named the label `target` whatever it was, and held `target` twice."""
+    import pandas as pd
+
+    from mlp_jax import config as C
+    from mlp_jax import data as D
+
+    rng = __import__("numpy").random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "target": rng.normal(size=120),  # a feature that happens to be called target
+            "colour": rng.choice(["red", "blue", None], size=120),
+            "label": rng.choice(["yes", "no"], size=120),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg = C.apply_overrides(C.Config(), [f"data.path={tmp_path / 't.csv'}", "data.target=label"])
+    entity = tracking._dataset_entity(D.prepare(cfg.data, 0, verbose=False))
+    schema = json.loads(entity.to_dict()["schema"])["mlflow_colspec"]
+    assert [c["name"] for c in schema] == ["target", "colour", "label"]
+    types = {c["name"]: c["type"] for c in schema}
+    assert types == {"target": "double", "colour": "string", "label": "string"}
+    assert next(c for c in schema if c["name"] == "colour")["required"] is False  # it has gaps
