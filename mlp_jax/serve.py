@@ -366,6 +366,8 @@ class Service:
         self.max_rows = max_rows
         self.ready = False
         self.batcher: MicroBatcher | None = None  # set by the app's lifespan
+        self.max_body_bytes = DEFAULT_MAX_BODY_BYTES
+        self.batch_settings: tuple[float, int] | None = None  # (max wait s, max queued rows); None = no batching
         self.columns = predictor.output_columns()  # one /invocations record
         self.classes = list(predictor.classes)
         self.targets = list(predictor.targets)
@@ -497,6 +499,126 @@ def _swagger_assets() -> Path | None:
 # ----------------------------------------------------------------------------- app
 
 
+# ----------------------------------------------------------------------------- handlers
+# Module-level handlers over the app's Service (``request.app.state.service``): create_app only wires them.
+
+
+def _service(request: Request[Any, Any, Any]) -> Service:
+    return request.app.state.service
+
+
+@post("/predict", status_code=200, dto=PredictBody, return_dto=None, summary="Predict one row or many")
+async def predict(
+    request: Request[Any, Any, Any], data: PredictRequest | None = None
+) -> Prediction | Predictions | RegressionPrediction | RegressionPredictions:
+    if data is None:
+        raise ClientException("empty request body: expected a JSON object with 'features' or 'instances'")
+    service = _service(request)
+    rows = [data.features] if data.features is not None else data.instances
+    try:
+        return service.answer(await service.run(rows, len(rows), "predict"), data.features is not None)
+    except InvalidInput as e:
+        raise ClientException(detail=str(e), status_code=e.status) from None
+
+
+INVOCATIONS_SUMMARY = "MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; JSON or CSV)"
+
+
+@post("/invocations", status_code=200, dto=InvocationsBody, return_dto=None, summary=INVOCATIONS_SUMMARY)
+async def invocations(request: Request[Any, Any, Any], data: InvocationsRequest | None = None) -> InvocationsResponse:
+    if data is None:
+        raise ClientException(f"empty request body: {MLFLOW_2_HINT}")
+    service = _service(request)
+    try:
+        return service.records(await service.run(data, len(data), "invocations"))
+    except InvalidInput as e:
+        raise ClientException(detail=str(e), status_code=e.status) from None
+
+
+@get("/health", summary="Liveness")
+async def health() -> Health:
+    return Health("alive")
+
+
+@get("/ready", summary="Readiness: model loaded and compiled for every bucket")
+async def ready(request: Request[Any, Any, Any]) -> Response[Readiness]:
+    service = _service(request)
+    p = service.predictor
+    return Response(
+        Readiness(service.ready, p.name, p.version, list(p.buckets)), status_code=200 if service.ready else 503
+    )
+
+
+@get("/metadata", summary="Model name, version, task, input columns, classes or targets, test metrics")
+async def metadata(request: Request[Any, Any, Any]) -> Metadata:
+    service = _service(request)
+    limits = {"max_rows": service.max_rows, "max_body_bytes": service.max_body_bytes}
+    return msgspec.convert({**service.predictor.describe(), **limits}, Metadata, strict=False)
+
+
+@get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics() -> Response[bytes]:
+    return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
+
+
+def problem(request: Request[Any, Any, Any], status: int, detail: str, extra: Any = None) -> Response[Any]:
+    """An error body: MLflow's shape on ``/invocations``, ours elsewhere."""
+    if request.url.path == "/invocations":
+        code = {413: "RESOURCE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
+        return Response(MlflowError(code.get(status, "BAD_REQUEST"), detail), status_code=status)
+    return Response(Problem(status, detail, extra), status_code=status)
+
+
+def on_http_error(request: Request[Any, Any, Any], e: HTTPException) -> Response[Any]:
+    detail = e.detail
+    if e.status_code == 413 and detail == "Request Entity Too Large":
+        size = request.headers.get("content-length")
+        got = f"got {size} bytes" if size else "got more"
+        detail = f"request body too large: the limit is {_service(request).max_body_bytes} bytes, {got}"
+    response = problem(request, e.status_code, detail, e.extra or None)
+    response.headers.update(e.headers or {})
+    return response
+
+
+def on_unexpected(request: Request[Any, Any, Any], e: Exception) -> Response[Any]:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
+    return problem(request, 500, f"internal server error ({type(e).__name__}); the server log has the traceback")
+
+
+def on_overload(request: Request[Any, Any, Any], e: QueueFull) -> Response[Any]:
+    response = problem(request, 503, str(e))
+    response.headers["Retry-After"] = str(e.retry_after_s)
+    return response
+
+
+@asynccontextmanager
+async def batching_lifespan(app: Litestar) -> AsyncIterator[None]:
+    """The micro-batcher lives as long as the server; at shutdown it finishes what is queued."""
+    service: Service = app.state.service
+    if service.batch_settings is None:  # --no-batching
+        try:
+            yield
+        finally:
+            service.ready = False
+        return
+    wait_s, queue_rows = service.batch_settings
+    p = service.predictor
+    service.batcher = MicroBatcher(
+        p.run_encoded,
+        max_batch=p.buckets[-1],
+        max_wait_s=wait_s,
+        max_queue_rows=queue_rows,
+        inline_rows=OFFLOAD_ROWS,
+        on_batch=lambda rows, _requests, _reason: BATCH_ROWS.observe(rows),
+        on_wait=QUEUE_WAIT.observe,
+    )
+    try:
+        yield
+    finally:  # the server has stopped accepting and its open requests are done: finish the rest
+        service.ready = False
+        await service.batcher.close()
+
+
 def create_app(
     model: str | Path | Predictor = DEFAULT_MODEL,
     *,
@@ -507,7 +629,7 @@ def create_app(
     max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
     batching: bool = True,
 ) -> Litestar:
-    """The Litestar app serving ``model`` (a path, an MLflow URI, or a loaded Predictor).
+    """The Litestar app serving ``model`` (a path, an MLflow URI, or a loaded Predictor): wiring only.
 
     The model is loaded and compiled here, so a bad model fails before any port is bound.
     ``batching=False`` runs each request's model call on its own (no micro-batcher, no
@@ -521,100 +643,11 @@ def create_app(
         raise ValueError(f"max_rows and max_body_bytes must be positive, got {max_rows} and {max_body_bytes}")
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     service = Service(predictor, max_rows)
+    service.max_body_bytes = max_body_bytes
+    service.batch_settings = (batch_wait_s, max_queue_rows) if batching else None
     if warmup:
         predictor.warmup()
     service.ready = True
-
-    @post("/predict", status_code=200, dto=PredictBody, return_dto=None, summary="Predict one row or many")
-    async def predict(
-        data: PredictRequest | None = None,
-    ) -> Prediction | Predictions | RegressionPrediction | RegressionPredictions:
-        if data is None:
-            raise ClientException("empty request body: expected a JSON object with 'features' or 'instances'")
-        rows = [data.features] if data.features is not None else data.instances
-        try:
-            return service.answer(await service.run(rows, len(rows), "predict"), data.features is not None)
-        except InvalidInput as e:
-            raise ClientException(detail=str(e), status_code=e.status) from None
-
-    @post("/invocations", status_code=200, dto=InvocationsBody, return_dto=None, summary=INVOCATIONS_SUMMARY)
-    async def invocations(data: InvocationsRequest | None = None) -> InvocationsResponse:
-        if data is None:
-            raise ClientException(f"empty request body: {MLFLOW_2_HINT}")
-        try:
-            return service.records(await service.run(data, len(data), "invocations"))
-        except InvalidInput as e:
-            raise ClientException(detail=str(e), status_code=e.status) from None
-
-    @get("/health", summary="Liveness")
-    async def health() -> Health:
-        return Health("alive")
-
-    @get("/ready", summary="Readiness: model loaded and compiled for every bucket")
-    async def ready() -> Response[Readiness]:
-        body = Readiness(service.ready, predictor.name, predictor.version, list(predictor.buckets))
-        return Response(body, status_code=200 if service.ready else 503)
-
-    @get("/metadata", summary="Model name, version, task, input columns, classes or targets, test metrics")
-    async def metadata() -> Metadata:
-        return msgspec.convert(
-            {**predictor.describe(), "max_rows": max_rows, "max_body_bytes": max_body_bytes}, Metadata, strict=False
-        )
-
-    @get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response[bytes]:
-        return Response(metrics_text(), media_type=CONTENT_TYPE_LATEST)
-
-    def problem(request: Request[Any, Any, Any], status: int, detail: str, extra: Any = None) -> Response[Any]:
-        if request.url.path == "/invocations":
-            code = {413: "RESOURCE_LIMIT_EXCEEDED", 500: "INTERNAL_ERROR", 503: "TEMPORARILY_UNAVAILABLE"}
-            return Response(MlflowError(code.get(status, "BAD_REQUEST"), detail), status_code=status)
-        return Response(Problem(status, detail, extra), status_code=status)
-
-    def on_http_error(request: Request[Any, Any, Any], e: HTTPException) -> Response[Any]:
-        detail = e.detail
-        if e.status_code == 413 and detail == "Request Entity Too Large":
-            size = request.headers.get("content-length")
-            got = f"got {size} bytes" if size else "got more"
-            detail = f"request body too large: the limit is {max_body_bytes} bytes, {got}"
-        response = problem(request, e.status_code, detail, e.extra or None)
-        response.headers.update(e.headers or {})
-        return response
-
-    def on_unexpected(request: Request[Any, Any, Any], e: Exception) -> Response[Any]:
-        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=e)
-        return problem(request, 500, f"internal server error ({type(e).__name__}); the server log has the traceback")
-
-    # the batcher lives as long as the server; a full queue answers 503
-    @asynccontextmanager
-    async def batching_lifespan(_: Litestar) -> AsyncIterator[None]:
-        if not batching:
-            try:
-                yield
-            finally:
-                service.ready = False
-            return
-        service.batcher = MicroBatcher(
-            predictor.run_encoded,
-            max_batch=predictor.buckets[-1],
-            max_wait_s=batch_wait_s,
-            max_queue_rows=max_queue_rows,
-            inline_rows=OFFLOAD_ROWS,
-            on_batch=lambda rows, _requests, _reason: BATCH_ROWS.observe(rows),
-            on_wait=QUEUE_WAIT.observe,
-        )
-        try:
-            yield
-        finally:  # the server has stopped accepting and its open requests are done: finish the rest
-            service.ready = False
-            await service.batcher.close()
-
-    def on_overload(request: Request[Any, Any, Any], e: QueueFull) -> Response[Any]:
-        response = problem(request, 503, str(e))
-        response.headers["Retry-After"] = str(e.retry_after_s)
-        return response
-
-
     handlers: list[Any] = [predict, invocations, health, ready, metadata, metrics]
     if (assets := _swagger_assets()) is not None:
         handlers.append(create_static_files_router(DOCS_ASSETS, [assets], include_in_schema=False))
@@ -725,9 +758,6 @@ def _replay(body: bytes, receive: Any) -> Any:
         return await receive()
 
     return replayed
-
-
-INVOCATIONS_SUMMARY = "MLflow scoring protocol (dataframe_split, dataframe_records, instances, inputs; JSON or CSV)"
 
 
 def startup_line(predictor: Predictor) -> str:
