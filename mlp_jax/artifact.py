@@ -363,6 +363,7 @@ def load(path: str | Path, device: jax.Device | None = None) -> LoadedArtifact:
 
 
 def _load_step(workdir: Path, step: int, device: jax.Device | None) -> LoadedArtifact:
+    _silence_closed_loop_noise()  # a damaged file's late callbacks may fire before the restore raises
     mngr = manager(workdir, read_only=True)
     try:
         meta = read_meta(mngr, step)

@@ -156,6 +156,7 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_like(arrays, sharding)),
             best_params=ocp.args.StandardRestore(abstract_like(best_params, sharding)),
         )
+        artifact._silence_closed_loop_noise()  # late callbacks of a damaged read may fire before it raises
         try:
             tree = self.manager.restore(step, args=args)
             jax.block_until_ready((tree["state"], tree["best_params"]))

@@ -107,7 +107,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
         except requests.RequestException:
             pass
         time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {timeout} s")
+    stop(proc)  # so its output can be read: what the server was doing says why it never got ready
+    out = proc.stdout.read() if proc.stdout else ""
+    pytest.fail(f"{url} did not answer within {timeout} s; server output:\n{out[-3000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
