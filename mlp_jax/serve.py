@@ -911,7 +911,15 @@ def main(argv: list[str] | None = None) -> int:
                 "batching": not args.no_batching,
             }
         )
-        uvicorn.run("mlp_jax.serve:worker_app", factory=True, workers=args.workers, **server_options)
+        # uvicorn kills a worker that misses a 5 s health ping; a worker compiling its buckets on a
+        # busy machine can (then it is restarted, and again, forever): give the ping a minute.
+        uvicorn.run(
+            "mlp_jax.serve:worker_app",
+            factory=True,
+            workers=args.workers,
+            timeout_worker_healthcheck=60,
+            **server_options,
+        )
     return 0
 
 
