@@ -703,7 +703,6 @@ def save_artifact(
       ValueError: no members, or members of different groups (different network shapes).
     """
     from mlp_jax import artifact
-    from mlp_jax.artifact import DataInfo
 
     members = list(members)
     if not members:
@@ -731,18 +730,9 @@ def save_artifact(
         params = stacked
     else:
         params = jax.tree.map(lambda a: a[0], stacked)
-    meta = artifact.ArtifactMeta(
-        config=json.loads(to_json(member_config)),
-        input_columns=tuple(dataset.feature_names),
-        preprocessing=dataset.preprocessor.to_dict(),
-        network=spec,
-        data=DataInfo(dataset.source, dataset.digest, **dataset.split_sizes()),
-        task=dataset.task,
-        classes=tuple(dataset.classes),
-        history=tuple(history),
-        early_stopping={"best_loss": _jsonable(first.best_val_loss), "best_epoch": first.best_epoch, "bad_epochs": 0},
-        n_devices=result.n_devices,
-        members=len(members),
+    stopper = train.EarlyStopping(0, best_loss=_jsonable(first.best_val_loss), best_epoch=first.best_epoch)
+    meta = dataclasses.replace(
+        train.artifact_meta(member_config, dataset, spec, history, stopper, result.n_devices), members=len(members)
     )
     step = max(1, max(result.members[i].best_epoch for i in members))
     directory = Path(directory).resolve()

@@ -427,6 +427,15 @@ def _open_experiment(config: Config, uri: str) -> tuple[MlflowClient, Any]:
     return client, experiment
 
 
+def _usable_store(config: Config) -> str:
+    """The store's URI, after checking it answers and the registered-model name is not empty."""
+    if not config.tracking.registered_model.strip():
+        raise TrackingError("tracking.registered_model must name a registered model")
+    uri = resolve_uri(config)
+    check_store(uri)
+    return uri
+
+
 def start(config: Config, dataset: Any) -> Session:
     """Opens (or continues) the MLflow run for ``config`` before training.
 
@@ -435,10 +444,7 @@ def start(config: Config, dataset: Any) -> Session:
         model name is refused; nothing has been trained yet.
     """
     cfg = config.tracking
-    uri = resolve_uri(config)
-    if not cfg.registered_model.strip():
-        raise TrackingError("tracking.registered_model must name a registered model")
-    check_store(uri)
+    uri = _usable_store(config)
     workdir = Path(config.resolved_workdir).resolve()
     session = None
     try:
@@ -712,10 +718,7 @@ def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSessio
         model name is refused; nothing has been trained yet.
     """
     cfg = config.tracking
-    uri = resolve_uri(config)
-    if not cfg.registered_model.strip():
-        raise TrackingError("tracking.registered_model must name a registered model")
-    check_store(uri)
+    uri = _usable_store(config)
     session = None
     try:
         client, experiment = _open_experiment(config, uri)
