@@ -541,14 +541,7 @@ class ExportedPredictor(Predictor):
         return None
 
     def _encode_frame(self, frame: Any, row_offset: int) -> tuple[np.ndarray, dict[str, int]]:
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise PredictorError(
-                f"missing feature column(s): {', '.join(missing)} (the model takes: {', '.join(self.feature_names)})",
-                missing[0],
-            )
-        if len(frame) == 0:
-            raise PredictorError("expected at least one row, got 0")
+        self._check_frame(frame)
         try:
             return raw_matrix(self.preprocessor, frame, row_offset)
         except FeatureError as e:

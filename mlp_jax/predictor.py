@@ -370,7 +370,8 @@ class Predictor:
             j += 1
         return x, unknown
 
-    def _encode_frame(self, frame: Any, row_offset: int) -> tuple[np.ndarray, dict[str, int]]:
+    def _check_frame(self, frame: Any) -> None:
+        """PredictorError when ``frame`` lacks a feature column or has no rows."""
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
             raise PredictorError(
@@ -379,6 +380,9 @@ class Predictor:
             )
         if len(frame) == 0:
             raise PredictorError("expected at least one row, got 0")
+
+    def _encode_frame(self, frame: Any, row_offset: int) -> tuple[np.ndarray, dict[str, int]]:
+        self._check_frame(frame)
         if self.preprocessor is None:  # format 1: numbers only
             cols = []
             for c in self.feature_names:

@@ -90,6 +90,43 @@ def _now_ms() -> int:
 # ----------------------------------------------------------------------------- writer
 
 
+class _BatchSender:
+    """One background thread that sends ``(run_id, metrics)`` batches with ``log_batch``, in order.
+
+    :meth:`flush` waits until all are sent and raises :class:`TrackingError` naming ``what``
+    failed (how many, and the first error), in the caller's thread.
+    """
+
+    def __init__(self, client: MlflowClient, thread_name: str):
+        self.client = client
+        self._thread_name = thread_name
+        self._queue: queue.Queue[tuple[str, list[Metric]] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._errors: list[Exception] = []
+
+    def put(self, run_id: str, metrics: list[Metric]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._send, name=self._thread_name, daemon=True)
+            self._thread.start()
+        self._queue.put((run_id, metrics))
+
+    def _send(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self.client.log_batch(item[0], metrics=item[1])
+            except Exception as e:  # reported by flush(), in the caller's thread
+                self._errors.append(e)
+
+    def flush(self, what: str) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise TrackingError(f"{len(errors)} {what} were not recorded: {type(errors[0]).__name__}: {errors[0]}")
+
+
 class MlflowWriter:
     """The :class:`mlp_jax.writer.MetricWriter` back end: one ``log_batch`` per epoch.
 
@@ -103,9 +140,7 @@ class MlflowWriter:
         self.client = client
         self.run_id = run_id
         self.logged_steps = set(logged_steps or ())  # epochs the run already holds (a continued run)
-        self._queue: queue.Queue[list[Metric] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._errors: list[Exception] = []
+        self._sender = _BatchSender(client, "mlflow-epoch-metrics")
 
     def write_hparams(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_value(v)) for k, v in params.items()]
@@ -117,18 +152,8 @@ class MlflowWriter:
             return
         ts = _now_ms()
         metrics = [Metric(k, float(v), ts, int(step)) for k, v in scalars.items() if math.isfinite(float(v))]
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._send, name="mlflow-epoch-metrics", daemon=True)
-            self._thread.start()
-        self._queue.put(metrics)
+        self._sender.put(self.run_id, metrics)
         self.logged_steps.add(int(step))
-
-    def _send(self) -> None:
-        while (metrics := self._queue.get()) is not None:
-            try:
-                self.client.log_batch(self.run_id, metrics=metrics)
-            except Exception as e:  # reported by flush(), in the caller's thread
-                self._errors.append(e)
 
     def write_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -139,16 +164,7 @@ class MlflowWriter:
         Raises:
           TrackingError: naming how many epoch batches failed and the first error.
         """
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise TrackingError(
-                f"{len(errors)} epoch metric batch(es) of MLflow run {self.run_id} were not recorded: "
-                f"{type(errors[0]).__name__}: {errors[0]}"
-            )
+        self._sender.flush(f"epoch metric batch(es) of MLflow run {self.run_id}")
 
     def close(self) -> None:
         self.flush()
@@ -498,9 +514,7 @@ class RunsWriter:
     def __init__(self, client: MlflowClient):
         self.client = client
         self.logged: dict[str, set[int]] = {}
-        self._queue: queue.Queue[tuple[str, list[Metric]] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._errors: list[Exception] = []
+        self._sender = _BatchSender(client, "mlflow-sweep-metrics")
 
     def write_scalars(self, run_id: str, step: int, scalars: Mapping[str, Any]) -> None:
         ts = _now_ms()
@@ -509,29 +523,11 @@ class RunsWriter:
             for k, v in scalars.items()
             if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._send, name="mlflow-sweep-metrics", daemon=True)
-            self._thread.start()
-        self._queue.put((run_id, metrics))
+        self._sender.put(run_id, metrics)
         self.logged.setdefault(run_id, set()).add(int(step))
 
-    def _send(self) -> None:
-        while (item := self._queue.get()) is not None:
-            try:
-                self.client.log_batch(item[0], metrics=item[1])
-            except Exception as e:  # reported by flush(), in the caller's thread
-                self._errors.append(e)
-
     def flush(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise TrackingError(
-                f"{len(errors)} member epoch metric batch(es) were not recorded: {type(errors[0]).__name__}: {errors[0]}"
-            )
+        self._sender.flush("member epoch metric batch(es)")
 
 
 @dataclass(frozen=True)
