@@ -382,6 +382,13 @@ CANDIDATES: dict[str, list[str]] = {
         "optim.name=adamw",
         "optim.weight_decay=0.01",
     ],
+    "rule, 128,64, dropout 0.2": ["model.hidden_sizes=128,64", "model.dropout=0.2"],
+    "rule, 256,256, dropout 0.3": ["model.hidden_sizes=256,256", "model.dropout=0.3"],
+    "rule, 256,256, dropout 0.2, cosine": [
+        "model.hidden_sizes=256,256",
+        "model.dropout=0.2",
+        "optim.schedule=warmup_cosine",
+    ],
     "rule, 256,256, dropout 0.2, lr 2e-3": [
         "model.hidden_sizes=256,256",
         "model.dropout=0.2",

@@ -347,10 +347,18 @@ class FitResult:
     config: Config | None = None  # the config trained with: auto batch size / epochs / patience resolved
 
     @property
-    def resolved(self) -> dict[str, int]:
-        """The batch size, epoch budget and patience this run used (after "auto")."""
-        t = self.config.train if self.config is not None else None
-        return {"batch_size": t.batch_size, "epochs": t.epochs, "patience": t.patience} if t else {}
+    def resolved(self) -> dict[str, Any]:
+        """The batch size, epoch budget, patience, hidden sizes and dropout this run used (after "auto")."""
+        if self.config is None:
+            return {}
+        t, m = self.config.train, self.config.model
+        return {
+            "batch_size": t.batch_size,
+            "epochs": t.epochs,
+            "patience": t.patience,
+            "hidden_sizes": list(m.hidden_sizes),
+            "dropout": m.dropout,
+        }
 
 
 def fit(

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -11,7 +12,7 @@ def test_defaults_are_frozen_and_flat_keys_cover_every_field():
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 1  # type: ignore[misc]
     flat = C.to_flat_dict(cfg)
-    assert flat["model.hidden_sizes"] == (128, 64)
+    assert flat["model.hidden_sizes"] == (128, 64) and flat["model.dropout"] == 0.2
     assert flat["optim.learning_rate"] == 1e-3
     assert flat["seed"] == 0
     assert len(flat) == sum(
@@ -82,7 +83,10 @@ def test_help_lists_every_key_with_type_and_default():
     text = C.help_text(C.Config())
     for key in C.to_flat_dict(C.Config()):
         assert key in text
-    assert "model.hidden_sizes" in text and "int,..." in text and "default: 128,64" in text
+    assert re.search(r"model\.hidden_sizes\s+int,\.\.\.\s+default: 128,64", text)
+    assert re.search(r"model\.dropout\s+float\s+default: 0\.2", text)
+    assert re.search(r"train\.batch_size\s+int\s+default: auto", text)
+    assert re.search(r"model\.activation\s+\S+\s+default: relu", text)
     assert "{adam,adamw,sgd}" in text
 
 
@@ -103,6 +107,21 @@ def test_auto_budget_follows_the_training_rows(n_train, expected):
     assert (resolved.batch_size, resolved.epochs, resolved.patience) == tuple(expected.values())
     assert resolved.batch_size % 8 == 0 or resolved.batch_size == n_train
     assert n_train // resolved.batch_size >= (16 if n_train >= 256 else 1)
+
+
+def test_auto_on_the_command_line_means_the_rule_and_elsewhere_is_an_error():
+    cfg = C.apply_overrides(
+        C.Config(),
+        ["train.batch_size=32", "train.patience=3", "train.epochs=7"],
+    )
+    back = C.apply_overrides(cfg, ["train.batch_size=AUTO", "train.patience=auto", "train.epochs=auto"])
+    assert back == C.Config()
+    for bad in ("optim.learning_rate=auto", "seed=auto", "model.activation=auto", "model.hidden_sizes=auto"):
+        with pytest.raises(C.ConfigError, match=bad.split("=")[0]):
+            C.apply_overrides(C.Config(), [bad])
+    for bad in ("model.dropout=-0.5", "model.dropout=1", "model.hidden_sizes=64,0"):
+        with pytest.raises(C.ConfigError, match=bad.split("=")[0]):
+            C.apply_overrides(C.Config(), [bad])
 
 
 def test_explicit_budget_is_kept_and_resolution_is_deterministic():

@@ -36,3 +36,25 @@ def test_dropout_only_with_a_key_and_keyed():
     # no parameters besides the Linear layers: the split state is exactly the params
     _, state = nnx.split(mlp)
     assert all(isinstance(v, nnx.Param) for _, v in nnx.to_flat_state(state))
+
+
+def test_dropout_masks_drop_the_rate_scale_the_rest_and_differ_by_seed():
+    x = jnp.ones((512, 256))
+    seeds = jax.random.bits(jax.random.key(3), (8,), jnp.uint32)
+    for rate in (0.1, 0.2, 0.5):
+        y = M.dropout(x, rate, seeds[0])
+        kept = np.asarray(y) != 0
+        assert abs(kept.mean() - (1 - rate)) < 0.005  # 131,072 draws: 5 sigma is ~0.007 at rate 0.5
+        np.testing.assert_allclose(np.asarray(y)[kept], 1 / (1 - rate), rtol=1e-6)
+        # no structure along either axis: every row's and every column's keep rate is near 1 - rate
+        assert np.abs(kept.mean(axis=1) - (1 - rate)).max() < 0.15
+        assert np.abs(kept.mean(axis=0) - (1 - rate)).max() < 0.15
+    np.testing.assert_array_equal(M.dropout(x, 0.0, seeds[0]), x)  # rate 0: identity
+    np.testing.assert_array_equal(M.dropout(x, 0.3, seeds[1]), M.dropout(x, 0.3, seeds[1]))
+    masks = np.stack([np.asarray(M.dropout(x, 0.5, s)) != 0 for s in seeds]).reshape(len(seeds), -1)
+    agree = (masks[:, None, :] == masks[None, :, :]).mean(axis=-1)  # two independent masks agree on ~half
+    off_diagonal = agree[~np.eye(len(seeds), dtype=bool)]
+    assert np.abs(off_diagonal - 0.5).max() < 0.01
+    # a traced rate (a sweep member's) gives the same mask as the static one
+    traced = jax.jit(M.dropout)(x, jnp.float32(0.2), seeds[2])
+    np.testing.assert_array_equal(traced, M.dropout(x, 0.2, seeds[2]))
