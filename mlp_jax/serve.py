@@ -21,6 +21,7 @@ batch sizes when the app is built, so no request compiles anything.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -792,13 +793,26 @@ def configure_jax() -> None:
     jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 
+def freeze_startup_objects() -> None:
+    """Moves every object alive now (modules, the model, the compiled programs) out of the GC's reach.
+
+    A full (generation 2) collection otherwise walks those ~230,000 objects every time the
+    young generations overflow, a ~0.2 s pause of the event loop: at 64 concurrent one-row
+    clients the p99 latency went from ~20 ms to ~200-240 ms in two of three rounds (measured,
+    benchmarks/RESULTS.md "Serving"). ``gc.freeze`` after start-up is what the Python docs
+    suggest for long-lived servers; objects made afterwards are collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def worker_app() -> Litestar:
     """App factory for ``--workers N`` (uvicorn imports this in each worker process)."""
     configure_jax()
     spec = json.loads(os.environ[_WORKER_ENV])
     predictor = load_predictor(spec["checkpoint"])
     predictor.source, predictor.name, predictor.version = spec["source"], spec["name"], spec["version"]
-    return create_app(
+    app = create_app(
         predictor,
         max_rows=spec["max_rows"],
         max_body_bytes=spec["max_body_bytes"],
@@ -806,6 +820,8 @@ def worker_app() -> Litestar:
         max_queue_rows=spec["max_queue_rows"],
         batching=spec.get("batching", True),
     )
+    freeze_startup_objects()
+    return app
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -831,6 +847,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=DEFAULT_MAX_QUEUE_ROWS,
         help="queued rows past which requests answer 503 with Retry-After (default %(default)s)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop (default asyncio: uvloop answers ~10%% more one-row requests/s, but when hundreds of "
+        "connections arrive at once it left some unanswered for ~5 s; benchmarks/RESULTS.md)",
     )
     p.add_argument(
         "--no-batching",
@@ -886,12 +909,13 @@ def main(argv: list[str] | None = None) -> int:
         "%s; listening on http://%s:%d with %d worker(s)", startup_line(predictor), args.host, args.port, args.workers
     )
     server_options: dict[str, Any] = dict(
-        host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning"
+        host=args.host, port=args.port, loop=args.loop, http="httptools", access_log=False, log_level="warning"
     )
     if args.workers == 1:
         # uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),
         # which would end the process with -15; a clean stop exits 0.
         signal.signal(signal.SIGTERM, _exit_cleanly)
+        freeze_startup_objects()
         uvicorn.run(app, **server_options)
         return 0
     # Each worker is a fresh process that loads the same local checkpoint; metrics are summed
