@@ -1,16 +1,16 @@
 """Test log loss of the top-5 deep ensemble vs the best single member of one sweep, on several tables.
 
 Command (from the project root):
-    python -m benchmarks.ensemble_gain [--tables baseline,breast_cancer,wine,digits,penguins] [--out FILE.json]
+    python -m benchmarks.ensemble_gain [--tables baseline,breast_cancer,...] [--out FILE.json]
 
 Each table gets the same sweep: 4 learning rates (3e-4, 1e-3, 3e-3, 1e-2) x 4 seeds = 16
 members in one program, the baseline network (128-64), early stopping as configured (patience
 5), tracking off. The best member is the lowest validation loss; the ensemble is the top 5 by
 validation loss (mean of their probabilities). Both are scored on the table's test split
-(the same split for both; the split is fixed by the data seed). Small tables (sklearn's breast
-cancer 569 rows, wine 178, digits 1,797; palmerpenguins 344 with text columns and missing
-values) train with batch 32 for 60 epochs; the synthetic baseline (100k rows) with batch 256
-for 10 epochs.
+(the same split for both; the split is fixed by the data seed). The tables: the synthetic
+baseline (100k rows; batch 256, 10 epochs) and every classification table of the quality
+suite (``benchmarks/quality_tables.py``: breast cancer, digits, wine, iris, Seattle weather,
+penguins; batch 32, 60 epochs). The model's other settings are the project's defaults.
 """
 
 from __future__ import annotations
@@ -24,27 +24,22 @@ from pathlib import Path
 
 os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
 
+from benchmarks import quality_tables
 from mlp_jax import data as data_lib
 from mlp_jax import sweep
 from mlp_jax.config import Config, apply_overrides
 
 TOP = 5
-TABLES = ("baseline", "breast_cancer", "wine", "digits", "penguins")
+#: The synthetic baseline and every classification table of the quality suite.
+TABLES = ("baseline", *(n for n, load in quality_tables.SUITE.items() if load().task == "classification"))
 
 
 def table_csv(name: str, folder: Path) -> tuple[str, str]:
-    """``(csv path, target column)`` of a named table, written under ``folder``."""
-    if name == "penguins":
-        import palmerpenguins
-
-        return str(Path(palmerpenguins.__file__).parent / "data" / "penguins.csv"), "species"
-    from sklearn import datasets
-
-    loader = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine, "digits": datasets.load_digits}
-    frame = loader[name](as_frame=True).frame
+    """``(csv path, target column)`` of a quality-suite table, written under ``folder``."""
+    spec = quality_tables.load(name)
     path = folder / f"{name}.csv"
-    frame.to_csv(path, index=False)
-    return str(path), "target"
+    spec.frame.to_csv(path, index=False)
+    return str(path), spec.target
 
 
 def config_for(name: str, folder: Path) -> Config:
