@@ -277,6 +277,7 @@ def real_server(workdir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, 
             proc.wait(10)
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predictor):
     sizes = [5000, 1, 300, 1] * 4  # 5000 > the largest bucket: chunked, in the worker thread
     inputs = [random_rows(predictor, n, 100 + i) for i, n in enumerate(sizes)]
@@ -302,6 +303,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predic
         assert np.array_equal(np.float32(json.loads(body)["probabilities"]), predictor.predict_proba(x))
 
 
+@pytest.mark.slow
 def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_answering(trained_workdir, predictor):
     body = {"instances": random_rows(predictor, 4, 7).astype(np.float64).tolist()}
 
@@ -427,6 +429,7 @@ def test_the_fast_path_counts_requests_in_the_metrics(predictor):
 
 
 @pytest.mark.parametrize("which", ["penguins", "regression"])
+@pytest.mark.slow
 def test_record_encoder_gives_transform_bitwise_or_declines(which, tmp_path_factory):
     """Text, gaps, booleans, unknown and null-token categories: the same bits as the general path."""
     import pandas as pd

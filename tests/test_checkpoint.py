@@ -211,6 +211,7 @@ def _truncate_arrays(step_dir: Path) -> int:
     return len(files)
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_step_resumes_from_the_newest_intact_one(tmp_path, tiny_csv, capsys):
     cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "4", "train.checkpoint_every": "2"})
     ds = D.prepare(cfg.data, cfg.seed, verbose=False)
@@ -229,6 +230,7 @@ def test_a_damaged_newest_step_resumes_from_the_newest_intact_one(tmp_path, tiny
         A.load(Path(cfg.resolved_workdir) / str(loaded.step))
 
 
+@pytest.mark.slow
 def test_every_step_damaged_is_one_clear_error(tmp_path, tiny_csv):
     cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "2", "train.checkpoint_every": "1"})
     ds = D.prepare(cfg.data, cfg.seed, verbose=False)

@@ -22,6 +22,8 @@ from mlp_jax import sweep as S
 from mlp_jax.predictor import Predictor
 from tests.helpers import MODEL, ROOT, count_compilations, use_store, write_tiny_csv
 
+pytestmark = pytest.mark.slow  # end to end: sweeps, ensemble artifacts, servers, tracked runs
+
 K = 2  # ensemble members
 
 

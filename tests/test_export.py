@@ -18,6 +18,8 @@ from mlp_jax.export import ExportedPredictor, load_predictor
 from mlp_jax.predictor import Predictor
 from tests.helpers import penguins_csv, trained_penguins, trained_regression
 
+pytestmark = pytest.mark.slow  # end to end: trains, exports StableHLO and ONNX, runs onnxruntime
+
 PROBS_TOL = 1e-6  # ExportedPredictor vs Predictor (the bound; measured: bitwise equal)
 ONNX_TOL = 1e-5  # onnxruntime vs the JAX program
 

@@ -211,6 +211,7 @@ def test_duplicate_header_names_are_refused_naming_them(tmp_path, penguins):
     assert not (tmp_path / "o.csv").exists() and leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_regression_batch_writes_one_column_per_target(tmp_path, tmp_path_factory):
     workdir = trained_regression(tmp_path_factory)
     reg = Predictor.load(workdir, buckets=(32, 256))

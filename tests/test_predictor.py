@@ -245,6 +245,7 @@ def test_positional_rows_need_an_all_numeric_model(penguins, penguin_frame):
         penguins.predict_frame(penguin_frame.drop(columns=["island"]))
 
 
+@pytest.mark.slow
 def test_regression_outputs_are_in_original_units(tmp_path_factory):
     workdir = trained_regression(tmp_path_factory)
     reg = Predictor.load(workdir, buckets=(32,))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks import quality, quality_tables
 
@@ -17,6 +18,7 @@ def test_splits_are_disjoint_stratified_and_repeatable():
     assert set(spec.frame.iloc[te][spec.target]) == set(spec.frame[spec.target])
 
 
+@pytest.mark.slow
 def test_fit_ours_scores_exactly_the_given_test_rows():
     spec = quality_tables.iris()
     tr, va, te = quality.split_indices(spec, 0)
@@ -30,6 +32,7 @@ def test_fit_ours_scores_exactly_the_given_test_rows():
     assert 0.0 <= m["accuracy"] <= 1.0 and m["log_loss"] > 0
 
 
+@pytest.mark.slow
 def test_fit_ours_takes_text_gaps_and_regression():
     spec = quality_tables.penguins_mass()
     assert spec.text_columns and spec.has_missing
@@ -42,6 +45,7 @@ def test_fit_ours_takes_text_gaps_and_regression():
     assert m["rmse"] > 0
 
 
+@pytest.mark.slow
 def test_benchmark_table_has_every_contender_and_the_targets(tmp_path):
     out = tmp_path / "q.md"
     rc = quality.main(

@@ -330,6 +330,7 @@ def test_metrics_count_rows_and_statuses(client):
 # ----------------------------------------------------------------------------- startup
 
 
+@pytest.mark.slow
 def test_missing_model_fails_at_startup_with_a_nonzero_exit(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mlp_jax.serve", "--model", str(tmp_path / "nope"), "--port", str(free_port())],
@@ -371,6 +372,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespa
         yield SimpleNamespace(folder=folder, csv=csv, uri=uri, model_uri=f"models:/{MODEL}@champion")
 
 
+@pytest.mark.slow
 def test_service_batch_and_pyfunc_agree_on_a_registered_model(registry):
     """`serve` (2 workers) and `predict` on models:/NAME@champion, and MLflow's pyfunc: the same numbers."""
     import mlflow
@@ -747,6 +749,7 @@ def test_regression_answers_on_predict_and_invocations(regression):
     assert meta["task"] == "regression" and meta["targets"] == ["y1", "y2"] and meta["classes"] == []
 
 
+@pytest.mark.slow
 def test_single_target_regression_answers_one_number(tmp_path_factory):
     predictor = Predictor.load(
         trained_once(

@@ -87,6 +87,7 @@ def test_random_draws_are_seeded_and_within_ranges():
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_members_equal_single_runs(tmp_path, tiny_csv):
     cfg = _sweep_config(
         tmp_path,
@@ -135,6 +136,7 @@ def test_frozen_members_keep_their_state(tiny_csv):
     assert sums["loss_sum"].shape == (3,)
 
 
+@pytest.mark.slow
 def test_non_finite_member_stops_and_others_finish(tmp_path, tiny_csv):
     cfg = _sweep_config(
         tmp_path, tiny_csv, **{"train.epochs": "3", "optim.name": "sgd", "sweep.optim.learning_rate": "0.05,1e6"}
@@ -152,6 +154,7 @@ def test_non_finite_member_stops_and_others_finish(tmp_path, tiny_csv):
     assert [m.index for m in S.top_k(result, 5)] == ([0, 1] if math.isfinite(bad.best_val_loss) else [0])
 
 
+@pytest.mark.slow
 def test_patience_is_per_member(tmp_path, tiny_csv):
     cfg = _sweep_config(
         tmp_path, tiny_csv, **{"train.epochs": "30", "optim.learning_rate": "0.05", "sweep.train.patience": "1,0"}
@@ -166,6 +169,7 @@ def test_patience_is_per_member(tmp_path, tiny_csv):
     assert int(result.groups[0].state.step[0]) == impatient.epochs_run * steps  # frozen after it stopped
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_is_bitwise(tmp_path, tiny_csv):
     overrides = {
         "train.epochs": "5",
@@ -202,6 +206,7 @@ def test_resume_after_a_crash_is_bitwise(tmp_path, tiny_csv):
         S.run_sweep(changed, ds, str(tmp_path / "b" / "w"))
 
 
+@pytest.mark.slow
 def test_ensemble_mean_std_and_top_k(tmp_path, tiny_csv):
     cfg = _sweep_config(tmp_path, tiny_csv, **{"sweep.seed": "0,1,2"})
     ds = D.prepare(cfg.data, cfg.seed)
@@ -239,6 +244,7 @@ _EIGHT_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_members_sharded_over_eight_devices_match_one(tmp_path, tiny_csv):
     items = [
         f"data.path={tiny_csv}",

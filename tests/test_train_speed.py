@@ -97,6 +97,7 @@ def test_dense_gradient_handles_rank_3_inputs():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_benchmark_head_to_head_and_scaling_on_a_tiny_task(tmp_path, tiny_csv):
     cfg = tiny_config(tmp_path, tiny_csv)
     ds = D.prepare(cfg.data, cfg.seed)
@@ -124,6 +125,7 @@ def test_benchmark_head_to_head_and_scaling_on_a_tiny_task(tmp_path, tiny_csv):
     assert "| project (train.fit" in text and "### Scaling: batch size" in text
 
 
+@pytest.mark.slow
 def test_end_to_end_run_is_broken_down_from_the_summary_timings(tmp_path, tiny_csv):
     args = [
         f"data.path={tiny_csv}",
