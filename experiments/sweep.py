@@ -162,6 +162,11 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     for key, folder, n in plan:
         ids = sweep.ensemble_members(result, n)
         if not ids or (key == "ensemble" and len(ids) < 2):
+            if key == "ensemble":
+                print(
+                    f"no ensemble saved: the best member's program (hidden sizes, batch size, ...) has "
+                    f"{len(ids)} member(s); an ensemble artifact stacks members of one program"
+                )
             continue
         step = sweep.save_artifact(result, ids, dataset, workdir / folder, config)
         val = _scores(dataset.y_val, result.predict(dataset.x_val, ids)[0])

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 Activation = Literal["relu", "gelu", "silu", "tanh"]
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ScheduleName = Literal["constant", "warmup_cosine"]
@@ -378,7 +380,8 @@ def validate(c: Config) -> None:
     need(d.n_classes >= 2, "data.n_classes", "must be >= 2")
     need(d.n_features >= d.n_informative + d.n_redundant, "data.n_features", "must be >= n_informative + n_redundant")
     need(len(m.hidden_sizes) > 0 and all(h > 0 for h in m.hidden_sizes), "model.hidden_sizes", "needs positive sizes")
-    need(0 <= m.dropout < 1, "model.dropout", "must be in [0, 1)")
+    # in float32 (how the step computes), so a rate like 0.999999999 that rounds to 1 is refused too
+    need(0 <= m.dropout and float(np.float32(m.dropout)) < 1, "model.dropout", "must be in [0, 1) in float32")
     need(o.learning_rate > 0, "optim.learning_rate", "must be > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(o.grad_clip_norm >= 0, "optim.grad_clip_norm", "must be >= 0")

@@ -852,7 +852,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
-        help="event loop (default asyncio: uvloop answers ~10%% more one-row requests/s, but when hundreds of "
+        help="event loop (default asyncio: uvloop answers ~8%% more one-row requests/s, but when hundreds of "
         "connections arrive at once it left some unanswered for ~5 s; benchmarks/RESULTS.md)",
     )
     p.add_argument(

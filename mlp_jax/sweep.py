@@ -226,7 +226,10 @@ def make_sweep_epoch(batch_size: int, n_rows: int) -> Callable:
     """``epoch(states, active, x, y, keys) -> (states, metric sums [K])``, jitted, states donated.
 
     Member k shuffles and drops out with ``keys[k]`` exactly as ``train.make_train_epoch``
-    does with its key, so a member follows the same batches as a single run of its config.
+    does with its key, so a member follows the same batches as a single run of its config on
+    the same split. (The sweep splits the data once, with the base config's seed; a single run
+    with ``seed=N`` also draws its split from N, so only the base seed's members match single
+    runs exactly.)
     """
     steps = n_rows // batch_size
 

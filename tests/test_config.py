@@ -119,7 +119,8 @@ def test_auto_on_the_command_line_means_the_rule_and_elsewhere_is_an_error():
     for bad in ("optim.learning_rate=auto", "seed=auto", "model.activation=auto", "model.hidden_sizes=auto"):
         with pytest.raises(C.ConfigError, match=bad.split("=")[0]):
             C.apply_overrides(C.Config(), [bad])
-    for bad in ("model.dropout=-0.5", "model.dropout=1", "model.hidden_sizes=64,0"):
+    # 0.999999999 is 1.0 in float32, where the step computes: all units dropped, NaN in a sweep
+    for bad in ("model.dropout=-0.5", "model.dropout=1", "model.dropout=0.999999999", "model.hidden_sizes=64,0"):
         with pytest.raises(C.ConfigError, match=bad.split("=")[0]):
             C.apply_overrides(C.Config(), [bad])
 
