@@ -4,10 +4,11 @@ Command (from the project root):
     python -m benchmarks.cpu_microbench [--members 16] [--epochs 3]
 
 1. **Dropout masks** (why ``mlp_jax.model.dropout_bits`` hashes positions instead of calling
-   ``jax.random.bernoulli``): one jitted ``lax.scan`` epoch of Adam steps on the baseline
-   network (20-128-64-2, batch 256, 273 steps over 70,000 random rows), dropout 0.2 on both
-   hidden layers, masks from: none, ``jax.random.bernoulli`` (Threefry), ``jax.random.bits``,
-   and the project's ``mlp_jax.model.dropout``. Prints samples/s for each.
+   ``jax.random.bernoulli``): the project's own training loop (``train.fit``, the baseline
+   experiment's config and data, 70,000 training rows, ``--epochs`` epochs, early stopping
+   off), interleaved over ``--rounds`` rounds: no dropout, dropout 0.2 with the project's
+   masks, and dropout 0.2 with ``mlp_jax.model.dropout`` swapped for a Threefry
+   ``jax.random.bernoulli`` mask. Prints the median training samples/s of each.
 2. **K members in one program** (why a 16-member sweep costs ~16x one member's arithmetic on
    2 CPU cores): the same epoch for 1 member, for K members ``vmap``-ed, and for K members
    unrolled as K separate chains in one program; then single matmuls: one 256x128x64, a
@@ -20,8 +21,11 @@ from this box are in benchmarks/RESULTS.md ("Training", "Sweeps and ensembles").
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,25 +49,9 @@ def _init(key: jax.Array) -> dict[str, jax.Array]:
     }
 
 
-def _masks(kind: str) -> Callable[[jax.Array, jax.Array, int], jax.Array]:
-    def apply(h: jax.Array, key: jax.Array, i: int) -> jax.Array:
-        k = jax.random.fold_in(key, i)
-        if kind == "none":
-            return h
-        if kind == "project":
-            return model_lib.dropout(h, 0.2, jax.random.bits(k, (), jnp.uint32))
-        if kind == "bernoulli":
-            keep = jax.random.bernoulli(k, 0.8, h.shape)
-        else:  # bits
-            keep = jax.random.bits(k, h.shape, jnp.uint32) >= jnp.uint32(int(0.2 * 2**32))
-        return jnp.where(keep, h / 0.8, 0.0)
-
-    return apply
-
-
-def _loss(drop: Callable, p: dict, x: jax.Array, y: jax.Array, key: jax.Array) -> jax.Array:
-    h = drop(jax.nn.relu(x @ p["w1"] + p["b1"]), key, 0)
-    h = drop(jax.nn.relu(h @ p["w2"] + p["b2"]), key, 1)
+def _loss(p: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    h = jax.nn.relu(x @ p["w1"] + p["b1"])
+    h = jax.nn.relu(h @ p["w2"] + p["b2"])
     return optax.softmax_cross_entropy_with_integer_labels(h @ p["w3"] + p["b3"], y).mean()
 
 
@@ -78,31 +66,51 @@ def _time(fn: Callable, args: tuple, epochs: int) -> float:
     return float(np.median(times))
 
 
-def dropout_masks(epochs: int) -> dict[str, float]:
-    """samples/s of one scan-fused epoch per mask generator."""
-    key = jax.random.key(0)
-    x = jax.random.normal(key, (ROWS, D))
-    y = (x[:, 0] > 0).astype(jnp.int32)
-    opt = optax.adam(1e-3)
-    order = jax.random.permutation(key, ROWS)[: STEPS * BATCH].reshape(STEPS, BATCH)
-    keys = jax.random.split(key, STEPS)
-    out = {}
-    for kind in ("none", "bernoulli", "bits", "project"):
-        drop = _masks(kind)
+def _threefry_dropout(x: jax.Array, rate: Any, seed: jax.Array) -> jax.Array:
+    """What dropout cost before: a Threefry ``bernoulli`` mask (the seed word folded into a key)."""
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(jax.random.fold_in(jax.random.key(0), seed), keep, x.shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
-        @jax.jit
-        def epoch(p, s, drop=drop):
-            def body(c, inp):
-                (p, s), (idx, k) = c, inp
-                g = jax.grad(lambda p: _loss(drop, p, x[idx], y[idx], k))(p)
-                u, s = opt.update(g, s, p)
-                return (optax.apply_updates(p, u), s), None
 
-            return jax.lax.scan(body, (p, s), (order, keys))[0]
+def dropout_masks(epochs: int, rounds: int) -> dict[str, float]:
+    """Median training samples/s of ``train.fit`` per mask generator, the cases interleaved."""
+    from experiments.baseline import get_config
+    from mlp_jax import data as data_lib
+    from mlp_jax import train
+    from mlp_jax.config import apply_overrides
 
-        p = _init(key)
-        out[kind] = STEPS * BATCH / _time(epoch, (p, opt.init(p)), epochs)
-    return out
+    base = get_config()
+    with contextlib.redirect_stdout(io.StringIO()):
+        dataset = data_lib.prepare(base.data, base.seed)
+    cases = {
+        "no dropout": ("0", None),
+        "project masks": ("0.2", None),
+        "threefry bernoulli": ("0.2", _threefry_dropout),
+    }
+    rates: dict[str, list[float]] = {c: [] for c in cases}
+    project_dropout = model_lib.dropout
+    for _ in range(rounds):
+        for case, (rate, replacement) in cases.items():
+            config = apply_overrides(
+                base,
+                [
+                    f"model.dropout={rate}",
+                    f"train.epochs={epochs}",
+                    "train.patience=0",
+                    "train.progress=false",
+                    "tracking.enabled=false",
+                    "train.compare_sklearn=false",
+                ],
+            )
+            model_lib.dropout = replacement or project_dropout  # looked up when the step is traced
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    result = train.fit(config, dataset)
+            finally:
+                model_lib.dropout = project_dropout
+            rates[case].append(result.train_samples_per_second)
+    return {c: float(np.median(v)) for c, v in rates.items()}
 
 
 def members(k: int, epochs: int) -> dict[str, float]:
@@ -111,10 +119,9 @@ def members(k: int, epochs: int) -> dict[str, float]:
     x = jax.random.normal(key, (ROWS, D))
     y = (x[:, 0] > 0).astype(jnp.int32)
     opt = optax.adam(1e-3)
-    drop = _masks("none")
 
     def step(p, s, idx):
-        g = jax.grad(lambda p: _loss(drop, p, x[idx], y[idx], key))(p)
+        g = jax.grad(lambda p: _loss(p, x[idx], y[idx]))(p)
         u, s = opt.update(g, s, p)
         return optax.apply_updates(p, u), s
 
@@ -159,11 +166,13 @@ def members(k: int, epochs: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_microbench", description=__doc__.splitlines()[0])
     p.add_argument("--members", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per case (median)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per case (median epoch; train.fit: epochs trained)")
+    p.add_argument("--rounds", type=int, default=2, help="dropout section: interleaved rounds")
     args = p.parse_args(argv)
     print(f"backend {jax.default_backend()}, jax {jax.__version__}")
-    for kind, rate in dropout_masks(args.epochs).items():
-        print(f"dropout masks {kind:<10} {rate:12,.0f} samples/s")
+    masks = dropout_masks(max(args.epochs, 5), args.rounds)
+    for kind, rate in masks.items():
+        print(f"train.fit, {kind:<20} {rate:12,.0f} samples/s ({rate / masks['no dropout']:.2f}x no dropout)")
     m = members(args.members, args.epochs)
     for name, v in m.items():
         print(f"{name:<28} {v:10.3f}")

@@ -149,8 +149,9 @@ def dropout_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
     Counter-based, as Threefry and Philox are (Salmon et al. 2011, "Parallel random numbers:
     as easy as 1, 2, 3"), but two rounds of a cheap integer hash instead of Threefry's 20: on
-    XLA:CPU ``jax.random.bernoulli`` (Threefry) for the 20-128-64-2 network's masks cost about a
-    quarter to a half of the whole training step's time; these cost ~1% (benchmarks/RESULTS.md).
+    XLA:CPU, dropout 0.2 with ``jax.random.bernoulli`` (Threefry) masks trains the 20-128-64-2
+    baseline at ~0.6x the samples/s of no dropout; with these masks at ~0.98x
+    (``python -m benchmarks.cpu_microbench``; benchmarks/RESULTS.md "Training").
     Good enough for dropout masks, not for anything that needs a cryptographic-quality stream.
     """
     n = 1
