@@ -86,7 +86,7 @@ class ModelConfig:
       for 256,256, a cosine schedule 0.907.
     - The 100k synthetic baseline (70,000 training rows): validation log loss 0.0461 without
       dropout, 0.0382 with 0.2, at 98% of the samples/s thanks to the cheap masks of
-      :func:`mlp_jax.model.dropout_bits` (Threefry masks cost ~45%); 256,256 with 0.2: 0.0430
+      :func:`mlp_jax.model.dropout_bits` (Threefry masks cost ~40%); 256,256 with 0.2: 0.0430
       at a third of the samples/s.
 
     So one rule for every table: 128,64 with dropout 0.2. Dropout as in Srivastava et al.
