@@ -274,8 +274,8 @@ _FALSE = {"false", "0", "no", "off"}
 def parse_value(key: str, tp: Any, raw: str) -> Any:
     """Parses ``raw`` as type ``tp``; raises ConfigError naming ``key`` on failure."""
     origin = typing.get_origin(tp)
-    if raw.strip().lower() == "auto" and key.removeprefix("sweep.") in AUTO_VALUES:
-        return AUTO_VALUES[key.removeprefix("sweep.")]
+    if raw.strip().lower() == "auto" and (base := key.removeprefix("sweep.")) in AUTO_VALUES:
+        return AUTO_VALUES[base]
     try:
         if origin is Literal:
             choices = typing.get_args(tp)

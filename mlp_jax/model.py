@@ -9,6 +9,7 @@ state is exactly the parameters.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -154,10 +155,7 @@ def dropout_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     (``python -m benchmarks.cpu_microbench``; benchmarks/RESULTS.md "Training").
     Good enough for dropout masks, not for anything that needs a cryptographic-quality stream.
     """
-    n = 1
-    for d in shape:
-        n *= d
-    return _lowbias32(_lowbias32(jax.lax.iota(jnp.uint32, n)) ^ seed).reshape(shape)
+    return _lowbias32(_lowbias32(jax.lax.iota(jnp.uint32, math.prod(shape))) ^ seed).reshape(shape)
 
 
 def dropout(x: jax.Array, rate: float | jax.Array, seed: jax.Array) -> jax.Array:

@@ -36,7 +36,7 @@ class RunSummary:
     metrics: dict[str, float | None]
     best_epoch: int
     epochs_run: int
-    train_budget: dict[str, Any]  # batch_size / epochs / patience / hidden_sizes / dropout after "auto" was resolved
+    train_budget: dict[str, int]  # batch_size / epochs / patience after "auto" (train.*=0) was resolved
     stopped_early: bool
     resumed_from_epoch: int | None
     train_samples_per_second: float

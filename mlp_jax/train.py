@@ -119,7 +119,9 @@ def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "c
 # ----------------------------------------------------------------------------- pure steps
 
 
-def row_losses(state: TrainState, outputs: jax.Array, y: jax.Array, label_smoothing: jax.Array | None = None) -> jax.Array:
+def row_losses(
+    state: TrainState, outputs: jax.Array, y: jax.Array, label_smoothing: jax.Array | None = None
+) -> jax.Array:
     """Loss per row ``[batch]``: cross-entropy on integer labels (against smoothed one-hot labels when
     ``label_smoothing`` is given: Szegedy et al. 2016), or MSE / Huber averaged over targets."""
     if state.loss == "cross_entropy":
@@ -347,18 +349,10 @@ class FitResult:
     config: Config | None = None  # the config trained with: auto batch size / epochs / patience resolved
 
     @property
-    def resolved(self) -> dict[str, Any]:
-        """The batch size, epoch budget, patience, hidden sizes and dropout this run used (after "auto")."""
-        if self.config is None:
-            return {}
-        t, m = self.config.train, self.config.model
-        return {
-            "batch_size": t.batch_size,
-            "epochs": t.epochs,
-            "patience": t.patience,
-            "hidden_sizes": list(m.hidden_sizes),
-            "dropout": m.dropout,
-        }
+    def resolved(self) -> dict[str, int]:
+        """The batch size, epoch budget and patience this run used (after "auto")."""
+        t = self.config.train if self.config is not None else None
+        return {"batch_size": t.batch_size, "epochs": t.epochs, "patience": t.patience} if t else {}
 
 
 def fit(
@@ -460,7 +454,9 @@ def fit(
             last = epoch == tc.epochs or stopper.should_stop
             if store is not None and (epoch % tc.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
-                store.save(epoch, state.arrays(), best_params, artifact_meta(config, dataset, spec, history, stopper, n_dev))
+                store.save(
+                    epoch, state.arrays(), best_params, artifact_meta(config, dataset, spec, history, stopper, n_dev)
+                )
                 checkpoint_seconds += time.perf_counter() - tc0
                 last_saved = epoch
             if stopper.should_stop:

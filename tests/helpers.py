@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -121,6 +122,20 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
             proc.wait(timeout=5)
+
+
+def sigkill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], timeout: float) -> int:
+    """Starts ``cmd`` from the project root, SIGKILLs it as soon as ``ready()`` (polled every 2 ms)
+    or after ``timeout`` s, and returns its exit code (``-SIGKILL`` unless it finished first)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return proc.returncode
 
 
 def spawn(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:

@@ -2,7 +2,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -14,7 +13,7 @@ from mlp_jax import artifact as A
 from mlp_jax import config as C
 from mlp_jax import data as D
 from mlp_jax import train as T
-from tests.helpers import ROOT, tiny_config, write_tiny_csv
+from tests.helpers import ROOT, sigkill_when, tiny_config, write_tiny_csv
 
 
 def _arrays(workdir: Path, step: int | None = None) -> list[np.ndarray]:
@@ -127,20 +126,15 @@ def test_sigkill_then_rerun_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, r
     csv, ref = reference
     workdir = tmp_path / "killed"
     cmd = _command(csv, workdir)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            names = [p.name for p in workdir.iterdir()] if workdir.exists() else []
-            if moment == "after_step_3" and "3" in names:
-                break
-            if moment == "during_a_save" and any("tmp" in n for n in names) and "2" in names:
-                break
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    def ready() -> bool:
+        names = [p.name for p in workdir.iterdir()] if workdir.exists() else []
+        if moment == "after_step_3":
+            return "3" in names
+        return any("tmp" in n for n in names) and "2" in names  # during_a_save
+
+    code = sigkill_when(cmd, _env(), ready, timeout=120)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (workdir / "summary.json").exists()
     _run(cmd)  # the same command again resumes and finishes
     assert _summary_numbers(workdir) == _summary_numbers(ref)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -20,7 +19,7 @@ from experiments import sweep as sweep_experiment
 from mlp_jax import artifact
 from mlp_jax import sweep as S
 from mlp_jax.predictor import Predictor
-from tests.helpers import MODEL, ROOT, count_compilations, use_store, write_tiny_csv
+from tests.helpers import MODEL, ROOT, count_compilations, sigkill_when, use_store, write_tiny_csv
 
 pytestmark = pytest.mark.slow  # end to end: sweeps, ensemble artifacts, servers, tracked runs
 
@@ -268,17 +267,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
     subprocess.run(_sweep_cmd(csv, ref), cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
     workdir = tmp_path / "killed"
     cmd = _sweep_cmd(csv, workdir)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (workdir / "group-0" / "3").exists():
-                break
-            time.sleep(0.002)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the sweep finished before it could be killed"
+    code = sigkill_when(cmd, _env(), (workdir / "group-0" / "3").exists, timeout=240)
+    assert code == -signal.SIGKILL, "the sweep finished before it could be killed"
     assert not (workdir / "summary.json").exists()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
     a = json.loads((ref / "summary.json").read_text())
