@@ -15,6 +15,10 @@ with ``sweep.ensemble_top_k=K`` (K > 1, default 5 here), the top-K members of th
 member's group (one network shape) as one deep ensemble in checkpoints/sweep/ensemble-top<K>/
 (served as the mean of the members' probabilities, with their standard deviation as spread).
 
+Regression (``data.task=regression``): the same, with the members' mean prediction and its
+standard deviation in the targets' units; the comparison and the champion gate use validation
+RMSE (targets' units), and the test metrics are RMSE, MAE and R².
+
 Tracking (``tracking.enabled``, on by default; a store that cannot be used fails before
 training): one MLflow parent run, one child run per member (its config and swept values as
 params, per-epoch metrics in one ``log_batch`` per member and epoch), the best member
@@ -53,10 +57,23 @@ def get_config() -> Config:
     )
 
 
-def _scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def _scores(dataset: Any, split: str, outputs: np.ndarray) -> dict[str, float]:
+    """Classification: ``log_loss``, ``accuracy``. Regression: ``rmse``, ``mae``, ``r2`` (mean over targets,
+    original units) and ``loss`` (MSE on standardised targets, the members' validation loss)."""
+    from mlp_jax import evaluate
     from mlp_jax.sweep import log_loss
 
-    return {"log_loss": log_loss(y, probs), "accuracy": float(np.mean(probs.argmax(axis=1) == y))}
+    y = getattr(dataset, f"y_{split}")
+    if dataset.task == "classification":
+        return {"log_loss": log_loss(y, outputs), "accuracy": float(np.mean(outputs.argmax(axis=1) == y))}
+    decode = dataset.target.decode
+    report = evaluate.regression_report(decode(y), decode(outputs), dataset.target_names)
+    return {
+        "rmse": report["rmse"],
+        "mae": report["mae"],
+        "r2": report["r2"],
+        "loss": float(np.mean(np.square(outputs - y))),
+    }
 
 
 def print_table(table: list[dict[str, Any]]) -> None:
@@ -141,18 +158,22 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     table = result.table()
     print_table(table)
 
+    classify = dataset.task == "classification"
+    metric = "log_loss" if classify else "rmse"  # what the comparison and the gate use (RMSE: original units)
     ensemble: dict[str, Any] = {}
     top = sweep.top_k(result, TOP)
     if top:  # the global top-5 (any groups) against the best member, as printed since the first sweep
         ids = [m.index for m in top]
-        for split, x, y in (("val", dataset.x_val, dataset.y_val), ("test", dataset.x_test, dataset.y_test)):
-            ensemble[f"top{len(ids)}_{split}_log_loss"] = sweep.log_loss(y, result.predict(x, ids)[0])
-            ensemble[f"best_member_{split}_log_loss"] = sweep.log_loss(y, result.predict(x, ids[:1])[0])
+        for split in ("val", "test"):
+            x = getattr(dataset, f"x_{split}")
+            ensemble[f"top{len(ids)}_{split}_{metric}"] = _scores(dataset, split, result.predict(x, ids)[0])[metric]
+            ensemble[f"best_member_{split}_{metric}"] = _scores(dataset, split, result.predict(x, ids[:1])[0])[metric]
         ensemble["top"] = ids
+        name = metric.replace("_", " ") if classify else "RMSE"
         print(
-            f"\ntop-{len(ids)} ensemble (members {ids}): val log loss {ensemble[f'top{len(ids)}_val_log_loss']:.5f}, "
-            f"test {ensemble[f'top{len(ids)}_test_log_loss']:.5f}; best member {ids[0]}: "
-            f"val {ensemble['best_member_val_log_loss']:.5f}, test {ensemble['best_member_test_log_loss']:.5f}"
+            f"\ntop-{len(ids)} ensemble (members {ids}): val {name} {ensemble[f'top{len(ids)}_val_{metric}']:.5f}, "
+            f"test {ensemble[f'top{len(ids)}_test_{metric}']:.5f}; best member {ids[0]}: "
+            f"val {ensemble[f'best_member_val_{metric}']:.5f}, test {ensemble[f'best_member_test_{metric}']:.5f}"
         )
 
     models: dict[str, Any] = {}
@@ -169,18 +190,29 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
                 )
             continue
         step = sweep.save_artifact(result, ids, dataset, workdir / folder, config)
-        val = _scores(dataset.y_val, result.predict(dataset.x_val, ids)[0])
-        test = _scores(dataset.y_test, result.predict(dataset.x_test, ids)[0])
-        val_loss = result.members[ids[0]].best_val_loss if n == 1 else val["log_loss"]
-        models[key] = {
-            "members": ids,
-            "checkpoint": str(step),
-            "val_loss": val_loss,
-            "val_accuracy": val["accuracy"],
-            "test_loss": test["log_loss"],
-            "test_accuracy": test["accuracy"],
-        }
-        print(f"{key.replace('_', ' ')} (members {ids}): test log loss {test['log_loss']:.5f}, saved in {step}")
+        val = _scores(dataset, "val", result.predict(dataset.x_val, ids)[0])
+        test = _scores(dataset, "test", result.predict(dataset.x_test, ids)[0])
+        if classify:
+            val_loss = result.members[ids[0]].best_val_loss if n == 1 else val["log_loss"]
+            models[key] = {
+                "members": ids,
+                "checkpoint": str(step),
+                "val_loss": val_loss,
+                "val_accuracy": val["accuracy"],
+                "test_loss": test["log_loss"],
+                "test_accuracy": test["accuracy"],
+            }
+        else:  # the registry's gate compares validation RMSE in the targets' units
+            models[key] = {
+                "members": ids,
+                "checkpoint": str(step),
+                "val_loss": val["rmse"],
+                "val_rmse": val["rmse"],
+                "test_loss": test["loss"],
+                **{f"test_{k}": test[k] for k in ("rmse", "mae", "r2")},
+            }
+        shown = f"log loss {test['log_loss']:.5f}" if classify else f"RMSE {test['rmse']:.5g}, R² {test['r2']:.4f}"
+        print(f"{key.replace('_', ' ')} (members {ids}): test {shown}, saved in {step}")
     if session is not None:
         from mlp_jax.tracking import SweepModel
 
@@ -189,7 +221,7 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
             if m is None:
                 return None
             run_id = session.children[m["members"][0]] if key == "best_member" else session.run_id
-            test = {"test_loss": m["test_loss"], "test_accuracy": m["test_accuracy"]}
+            test = {k: v for k, v in m.items() if k.startswith("test_")}
             return SweepModel(m["checkpoint"], float(m["val_loss"]), test, run_id, tuple(m["members"]))
 
         partial = {"experiment": config.name, "members": table, "models": models}
@@ -213,6 +245,7 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
         "checkpoint": models.get("best_member", {}).get("checkpoint"),
         **{k: v for k, v in tracked.items() if k not in ("best_member", "ensemble")},
         "classes": list(dataset.classes),
+        "targets": list(dataset.target_names) if not classify else [],
         "feature_names": list(dataset.feature_names),
         "n_devices": result.n_devices,
         "timings": {**result.timings, "wall_in_process": wall},

@@ -26,9 +26,10 @@ its request, so the service, the batch command and the pyfunc agree exactly.
 
 An **ensemble** artifact (``meta.members`` = K > 1: parameters stacked along a member axis)
 runs all K members inside the same compiled bucket programs (``vmap`` over the stack within
-each tile) and answers the mean of their probabilities plus their standard deviation per
-class (the spread: how much the members disagree). :meth:`Predictor.run_encoded` then
-returns ``[n, 2C]``: the C mean probabilities followed by the C standard deviations
+each tile) and answers the mean of their probabilities (classification) or predictions
+(regression) plus their standard deviation per class or target (the spread: how much the
+members disagree; for regression in the targets' units). :meth:`Predictor.run_encoded` then
+returns ``[n, 2C]`` (or ``[n, 2T]``): the means followed by the standard deviations
 (:meth:`Predictor.split` separates them). A single model's outputs are unchanged.
 """
 
@@ -108,8 +109,6 @@ class Predictor:
         self.n_features = len(self.feature_names)
         self.metrics: dict[str, Any] = meta.metrics
         self.members: int = meta.members
-        if self.members > 1 and self.task != "classification":
-            raise artifact.CheckpointError(f"{ckpt.path}: ensembles are served for classification only")
         if not buckets or min(int(b) for b in buckets) < 1:
             raise ValueError(f"buckets must be positive batch sizes, got {buckets}")
         self.buckets = tuple(sorted({-(-int(b) // ROW_TILE) * ROW_TILE for b in buckets}))
@@ -171,9 +170,10 @@ class Predictor:
             params = jax.tree.unflatten(treedef, leaves)
 
             def tile(xt: jax.Array) -> jax.Array:
-                if members > 1:  # every member on the same tile: [K, tile, C] -> mean and std per class
-                    probs = jax.vmap(lambda p: jax.nn.softmax(model_lib.apply(graphdef, p, xt), axis=-1))(params)
-                    return jnp.concatenate([jnp.mean(probs, axis=0), jnp.std(probs, axis=0)], axis=-1)
+                if members > 1:  # every member on the same tile: [K, tile, C] -> mean and std per class / target
+                    outs = jax.vmap(lambda p: model_lib.apply(graphdef, p, xt))(params)
+                    outs = jax.nn.softmax(outs, axis=-1) if classify else outs
+                    return jnp.concatenate([jnp.mean(outs, axis=0), jnp.std(outs, axis=0)], axis=-1)
                 out = model_lib.apply(graphdef, params, xt)
                 return jax.nn.softmax(out, axis=-1) if classify else out
 
@@ -528,8 +528,12 @@ class Predictor:
             out = self._run(x)
         else:
             out = np.concatenate([self._run(x[i : i + top]) for i in range(0, len(x), top)])
-        if self.task == "regression":
-            return out.astype(np.float64) * self._y_scale[None, :] + self._y_mean[None, :]
+        if self.task == "regression":  # standardised -> original units (an ensemble's spread: scale only)
+            out = out.astype(np.float64)
+            t = len(self.targets)
+            out[:, :t] = out[:, :t] * self._y_scale[None, :] + self._y_mean[None, :]
+            if self.members > 1:
+                out[:, t:] *= self._y_scale[None, :]
         return out
 
     #: The micro-batcher's name for :meth:`run_encoded`.
@@ -562,13 +566,15 @@ class Predictor:
         return self.split(self.predict_outputs(rows))[0]
 
     def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(probabilities [n, C], spread [n, C] or None)`` of classification outputs of :meth:`run_encoded`.
+        """``(values, spread or None)`` of outputs of :meth:`run_encoded`.
 
-        The spread (ensembles only) is the standard deviation of the members' probabilities per class.
+        Classification: probabilities ``[n, C]``; regression: predictions ``[n, T]`` in the
+        targets' units. The spread (ensembles only, same shape) is the standard deviation of
+        the members' probabilities per class, or of their predictions per target (same units).
         """
         if self.members == 1:
             return outputs, None
-        c = len(self.classes)
+        c = len(self.classes) if self.task == "classification" else len(self.targets)
         return outputs[:, :c], outputs[:, c:]
 
     # -------------------------------------------------------------------- output
@@ -590,7 +596,8 @@ class Predictor:
 
         Classification: ``{"prediction": label, "probabilities": {str(class): p}}`` (an ensemble
         adds ``"spread": {str(class): std}``); regression: ``{"prediction": value}`` (one target)
-        or ``{"prediction": [v1, v2, ...]}``.
+        or ``{"prediction": [v1, v2, ...]}`` (an ensemble adds ``"spread"``: the members' standard
+        deviation, a value or one per target, in the targets' units).
         """
         if self.task == "classification":
             keys = [str(c) for c in self.classes]
@@ -604,25 +611,32 @@ class Predictor:
                 for d, row in zip(out, spread.tolist(), strict=True):
                     d["spread"] = dict(zip(keys, map(float, row), strict=True))
             return out
-        if len(self.targets) == 1:
-            return [{"prediction": v} for v in outputs[:, 0].tolist()]
-        return [{"prediction": row} for row in outputs.tolist()]
+        values, spread = self.split(outputs)
+        one = len(self.targets) == 1
+        out = [{"prediction": row[0] if one else row} for row in values.tolist()]
+        if spread is not None:
+            for d, row in zip(out, spread.tolist(), strict=True):
+                d["spread"] = row[0] if one else row
+        return out
 
     def output_columns(self) -> list[str]:
         """Columns of :meth:`predict_frame`: ``prediction`` + ``proba_<class>`` (+ ``std_<class>`` for an
-        ensemble), or ``prediction``/``prediction_<target>``."""
+        ensemble), or ``prediction``/``prediction_<target>`` (+ ``std``/``std_<target>`` for an ensemble)."""
         if self.task == "classification":
             return ["prediction", *self.probability_columns(), *self.spread_columns()]
-        if len(self.targets) == 1:
-            return ["prediction"]
-        return [f"prediction_{t}" for t in self.targets]
+        return [*regression_columns(self.targets), *self.spread_columns()]
 
     def probability_columns(self) -> list[str]:
         return [f"proba_{c}" for c in self.classes]
 
     def spread_columns(self) -> list[str]:
-        """``std_<class>`` per class for an ensemble (the members' standard deviation); none for a single model."""
-        return [f"std_{c}" for c in self.classes] if self.members > 1 else []
+        """For an ensemble, the members' standard deviation: ``std_<class>`` per class, or ``std`` /
+        ``std_<target>`` per regression target; none for a single model."""
+        if self.members == 1:
+            return []
+        if self.task == "classification":
+            return [f"std_{c}" for c in self.classes]
+        return regression_columns(self.targets, "std")
 
     def label_array(self, probs: np.ndarray) -> np.ndarray:
         """The predicted labels typed as trained: bool, int64, or object (text, "007" stays text)."""
@@ -674,6 +688,11 @@ class Predictor:
             "buckets": list(self.buckets),
             "members": self.members,
         }
+
+
+def regression_columns(targets: Sequence[str], prefix: str = "prediction") -> list[str]:
+    """``[prefix]`` for one target, ``prefix_<target>`` per target for several."""
+    return [prefix] if len(targets) == 1 else [f"{prefix}_{t}" for t in targets]
 
 
 def _has_none(rows: Any) -> bool:

@@ -112,7 +112,11 @@ def signature_for(meta: ArtifactMeta) -> tuple[mlflow.models.ModelSignature, pd.
             {s.name: _example_values(s, r["dtype"]) for s, r in zip(pp.columns, pp.roles, strict=True)}
         )
     if meta.task == "regression":
-        columns = ["prediction"] if len(meta.targets) == 1 else [f"prediction_{t}" for t in meta.targets]
+        from mlp_jax.predictor import regression_columns
+
+        columns = regression_columns(meta.targets) + (
+            regression_columns(meta.targets, "std") if meta.members > 1 else []
+        )
         outputs = Schema([ColSpec("double", c) for c in columns])
     else:
         classes = list(meta.classes)

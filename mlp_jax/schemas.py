@@ -49,18 +49,24 @@ class Predictions(msgspec.Struct, omit_defaults=True):
     spread: list[list[float]] | None = None
 
 
-class RegressionPrediction(msgspec.Struct):
-    """Regression, one row: the value, or one value per target (in ``targets`` order)."""
+class RegressionPrediction(msgspec.Struct, omit_defaults=True):
+    """Regression, one row: the value, or one value per target (in ``targets`` order).
+
+    An ensemble's prediction is its members' mean; ``spread`` (ensembles only, absent for a
+    single model) is the members' standard deviation, in the targets' units.
+    """
 
     prediction: float | list[float]
     targets: list[str]
+    spread: float | list[float] | None = None
 
 
-class RegressionPredictions(msgspec.Struct):
-    """Regression, many rows, in request order."""
+class RegressionPredictions(msgspec.Struct, omit_defaults=True):
+    """Regression, many rows, in request order (``spread``: ensembles only, one entry per row)."""
 
     predictions: list[float | list[float]]
     targets: list[str]
+    spread: list[float | list[float]] | None = None
 
 
 class DataframeSplit(msgspec.Struct, forbid_unknown_fields=True):

@@ -449,8 +449,13 @@ class Service:
                     labels[0], probs[0].tolist(), self.classes, None if spread is None else spread[0].tolist()
                 )
             return Predictions(labels, probs.tolist(), self.classes, None if spread is None else spread.tolist())
-        values = out[:, 0].tolist() if len(self.targets) == 1 else out.tolist()
-        return RegressionPrediction(values[0], self.targets) if one else RegressionPredictions(values, self.targets)
+        values, spread = self.predictor.split(out)
+        single = len(self.targets) == 1
+        pred = values[:, 0].tolist() if single else values.tolist()
+        std = None if spread is None else (spread[:, 0].tolist() if single else spread.tolist())
+        if one:
+            return RegressionPrediction(pred[0], self.targets, None if std is None else std[0])
+        return RegressionPredictions(pred, self.targets, std)
 
     def records(self, out: np.ndarray) -> InvocationsResponse:
         """The ``/invocations`` answer: one record per row, as MLflow answers for a DataFrame."""

@@ -323,6 +323,7 @@ class SweepResult:
     train_seconds: float = 0.0
     n_devices: int = 1
     timings: dict[str, float] = field(default_factory=dict)
+    task: str = "classification"  # regression: outputs are standardised targets, not probabilities
 
     def table(self) -> list[dict[str, Any]]:
         return [m.row() for m in self.members]
@@ -338,15 +339,16 @@ class SweepResult:
         return g.graphdef, jax.tree.map(lambda a: a[row], g.best_params)
 
     def predict(self, x: np.ndarray, members: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean probs, std across members)`` of ``members`` (any groups) on ``x``."""
-        return _mean_std(np.concatenate([p for p in self._probs(x, members)], axis=0))
+        """``(mean, std across members)`` of ``members``' (any groups) outputs on ``x``: class
+        probabilities, or regression predictions in standardised target units."""
+        return _mean_std(np.concatenate([p for p in self._outputs(x, members)], axis=0))
 
-    def _probs(self, x: np.ndarray, members: Sequence[int]) -> list[np.ndarray]:
+    def _outputs(self, x: np.ndarray, members: Sequence[int]) -> list[np.ndarray]:
         out = []
         for gi, g in enumerate(self.groups):
             rows = [g.members.index(i) for i in members if self.members[i].group == gi]
             if rows:
-                out.append(member_probs(g.graphdef, g.best_params, x, rows))
+                out.append(member_outputs(g.graphdef, g.best_params, x, rows, self.task))
         if not out:
             raise ValueError("predict: no members given")
         return out
@@ -360,19 +362,28 @@ def top_k(result: SweepResult, k: int) -> list[MemberResult]:
     return ranked[:k]
 
 
-@partial(jax.jit, static_argnums=0)
-def _probs_all(graphdef: nnx.GraphDef, stacked: nnx.State, x: jax.Array) -> jax.Array:
-    return jax.vmap(lambda p: jax.nn.softmax(model_lib.apply(graphdef, p, x), axis=-1))(stacked)
+@partial(jax.jit, static_argnums=(0, 3))
+def _outputs_all(graphdef: nnx.GraphDef, stacked: nnx.State, x: jax.Array, classify: bool) -> jax.Array:
+    def one(p: nnx.State) -> jax.Array:
+        out = model_lib.apply(graphdef, p, x)
+        return jax.nn.softmax(out, axis=-1) if classify else out
+
+    return jax.vmap(one)(stacked)
 
 
-def member_probs(
-    graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None
+def member_outputs(
+    graphdef: nnx.GraphDef,
+    stacked_params: nnx.State,
+    x: np.ndarray,
+    members: Sequence[int] | None = None,
+    task: str = "classification",
 ) -> np.ndarray:
-    """Class probabilities ``[len(members), n, classes]`` of rows ``members`` of a stack."""
+    """Rows ``members`` of a stack on ``x``: class probabilities ``[len(members), n, classes]``, or
+    regression predictions ``[len(members), n, targets]`` in standardised target units."""
     if members is not None:
         idx = np.asarray(members, np.int32)
         stacked_params = jax.tree.map(lambda a: a[idx], stacked_params)
-    return np.asarray(_probs_all(graphdef, stacked_params, jnp.asarray(x, jnp.float32)))
+    return np.asarray(_outputs_all(graphdef, stacked_params, jnp.asarray(x, jnp.float32), task == "classification"))
 
 
 def _mean_std(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -380,13 +391,17 @@ def _mean_std(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ensemble_predict(
-    graphdef: nnx.GraphDef, stacked_params: nnx.State, x: np.ndarray, members: Sequence[int] | None = None
+    graphdef: nnx.GraphDef,
+    stacked_params: nnx.State,
+    x: np.ndarray,
+    members: Sequence[int] | None = None,
+    task: str = "classification",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(mean probs [n, classes], std across members [n, classes])`` of stacked members.
+    """``(mean [n, C], std across members [n, C])`` of stacked members' outputs (see :func:`member_outputs`).
 
     ``members``: rows of the stack (default: all). The std is the members' disagreement.
     """
-    return _mean_std(member_probs(graphdef, stacked_params, x, members))
+    return _mean_std(member_outputs(graphdef, stacked_params, x, members, task))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -471,12 +486,10 @@ def check(config: Config, dataset: Dataset) -> list[Member]:
     Raises:
       ConfigError: no axes, a malformed spec, an invalid member, a batch larger than the
         training set, or ``sweep.ensemble_top_k`` < 0.
-      SweepError: more than one process, or a regression table.
+      SweepError: more than one process.
     """
     if jax.process_count() > 1:
         raise SweepError("sweeps run in one process (members are sharded over its local devices)")
-    if dataset.task != "classification":
-        raise SweepError("sweeps train classification tables for now (the ensemble averages probabilities)")
     if config.sweep.ensemble_top_k < 0:
         raise ConfigError(f"sweep.ensemble_top_k: {config.sweep.ensemble_top_k} must be >= 0 (0 or 1: no ensemble)")
     n_train = len(dataset.y_train)
@@ -526,6 +539,7 @@ def run_sweep(
         train_seconds=timings["train"],
         n_devices=n_dev_max,
         timings=timings,
+        task=dataset.task,
     )
 
 
@@ -604,12 +618,10 @@ def _run_group(
                     continue
                 tr = train.finalize({n: v[j] for n, v in sums.items()})
                 va = train.finalize({n: v[j] for n, v in val_sums.items()})
-                row = {
+                row = {  # loss + accuracy, or loss + rmse (standardised units) for regression
                     "epoch": epoch,
-                    "train_loss": tr["loss"],
-                    "train_accuracy": tr["accuracy"],
-                    "val_loss": va["loss"],
-                    "val_accuracy": va["accuracy"],
+                    **{f"train_{n}": v for n, v in tr.items()},
+                    **{f"val_{n}": v for n, v in va.items()},
                 }
                 if not (math.isfinite(tr["loss"]) and math.isfinite(va["loss"])):
                     reasons[j] = "non-finite"
@@ -721,13 +733,12 @@ def save_artifact(
     spec = train.network_spec(member_config, dataset)
     history = list(first.history)
     if len(members) > 1:
-        mean, _ = ensemble_predict(g.graphdef, stacked, dataset.x_val)
+        mean, _ = ensemble_predict(g.graphdef, stacked, dataset.x_val, task=dataset.task)
         history.append(
             {
                 "epoch": max(result.members[i].best_epoch for i in members),
                 "ensemble_members": members,
-                "val_loss": log_loss(dataset.y_val, mean),
-                "val_accuracy": float(np.mean(mean.argmax(axis=1) == dataset.y_val)),
+                **ensemble_scores(dataset.task, dataset.y_val, mean, "val_"),
             }
         )
         params = stacked
@@ -753,6 +764,16 @@ def log_loss(y: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log probability of the true classes (probabilities clipped at 1e-7)."""
     p = np.clip(np.asarray(probs, np.float64)[np.arange(len(y)), y], 1e-7, 1.0)
     return float(-np.mean(np.log(p)))
+
+
+def ensemble_scores(task: str, y: np.ndarray, mean: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """An ensemble's mean outputs against ``y``: ``loss`` (log loss) and ``accuracy`` for
+    classification; ``loss`` (MSE averaged over targets) and ``rmse`` for regression, both in
+    standardised target units, as the members' own ``val_loss`` / ``val_rmse``."""
+    if task == "classification":
+        return {f"{prefix}loss": log_loss(y, mean), f"{prefix}accuracy": float(np.mean(mean.argmax(axis=1) == y))}
+    mse = float(np.mean(np.square(np.asarray(mean, np.float64) - y)))
+    return {f"{prefix}loss": mse, f"{prefix}rmse": math.sqrt(mse)}
 
 
 def _check_resume(
@@ -783,13 +804,14 @@ __all__ = [
     "create_states",
     "ensemble_members",
     "ensemble_predict",
+    "ensemble_scores",
     "expand",
     "freeze",
     "group_members",
     "log_loss",
     "make_sweep_epoch",
     "make_sweep_evaluate",
-    "member_probs",
+    "member_outputs",
     "run_sweep",
     "save_artifact",
     "static_key",

@@ -673,7 +673,7 @@ class SweepSession(Session):
                 name=self.config.tracking.registered_model,
                 experiment=f"{self.config.name} ({key.replace('_', ' ')} {list(model.members)})",
                 val_loss=model.val_loss,
-                metric=registry.GATE_METRICS["classification"],
+                metric=registry.GATE_METRICS[self.dataset.task],
                 dataset_digest=self.dataset.digest,
                 dataset_source=str(self.dataset.source),
                 test_accuracy=model.test_metrics.get("test_accuracy"),

@@ -19,7 +19,15 @@ from experiments import sweep as sweep_experiment
 from mlp_jax import artifact
 from mlp_jax import sweep as S
 from mlp_jax.predictor import Predictor
-from tests.helpers import MODEL, ROOT, count_compilations, sigkill_when, use_store, write_tiny_csv
+from tests.helpers import (
+    MODEL,
+    ROOT,
+    count_compilations,
+    sigkill_when,
+    use_store,
+    write_regression_csv,
+    write_tiny_csv,
+)
 
 pytestmark = pytest.mark.slow  # end to end: sweeps, ensemble artifacts, servers, tracked runs
 
@@ -134,7 +142,7 @@ def test_malformed_axis_is_a_config_error(tmp_path, capsys):
 def _member_probs(summary: dict, folder: Path, x: np.ndarray, ids: list[int]) -> np.ndarray:
     """Each member's probabilities from the sweep checkpoint (independently of the ensemble artifact)."""
     loaded = artifact.load(summary["models"]["ensemble"]["checkpoint"])
-    return S.member_probs(loaded.graphdef, loaded.params, x, list(range(len(ids))))
+    return S.member_outputs(loaded.graphdef, loaded.params, x, list(range(len(ids))))
 
 
 def test_ensemble_predictor_mean_and_spread(tracked_sweep):
@@ -237,6 +245,74 @@ def test_save_artifact_refuses_members_of_two_groups(tmp_path):
     ids = S.ensemble_members(result, 4)  # the top-4 within the best member's group: its 2 members
     assert len(ids) == 2 and len({result.members[i].group for i in ids}) == 1
     assert ids[0] == S.top_k(result, 1)[0].index
+
+
+# ----------------------------------------------------------------------------- regression
+
+
+def test_regression_sweep_ensemble_registered_and_served_everywhere(tmp_path, monkeypatch, mlflow_db):
+    """A two-target regression sweep: the gate compares validation RMSE, and the ensemble answers the
+    members' mean prediction with their standard deviation (targets' units) in every entry point."""
+    import mlflow
+    from litestar.testing import TestClient
+    from mlflow.tracking import MlflowClient
+
+    from mlp_jax import predict, registry, serve
+
+    csv = write_regression_csv(tmp_path / "reg.csv")
+    uri = mlflow_db(tmp_path)
+    use_store(monkeypatch, tmp_path, uri)
+    reg = {"data.task": "regression", "data.target": "y1,y2", "train.epochs": "6"}
+    assert sweep_experiment.main(_args(csv, tmp_path / "w", **reg)) == 0
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["task"] == "regression"
+    ens_info, best_info = summary["models"]["ensemble"], summary["models"]["best_member"]
+    assert len(ens_info["members"]) == K
+    for m in (ens_info, best_info):
+        assert m["val_loss"] == m["val_rmse"] > 0 and "test_r2" in m and "test_accuracy" not in m
+    client = MlflowClient(uri)
+    version = client.get_model_version(MODEL, ens_info["model_version"])
+    assert float(version.tags["champion_gate.challenger_val_loss"]) == pytest.approx(ens_info["val_rmse"])
+    assert version.tags["champion_gate.metric"] == registry.GATE_METRICS["regression"]
+
+    ens = Predictor.load(ens_info["checkpoint"])
+    single = Predictor.load(best_info["checkpoint"])
+    frame = pd.read_csv(csv).head(40)
+    features = frame.drop(columns=["y1", "y2"])
+    x = ens.encode(features)
+    loaded = artifact.load(ens_info["checkpoint"])
+    stats = loaded.meta.target_stats
+    scale, mean = np.asarray(stats["scale"]), np.asarray(stats["mean"])
+    members = S.member_outputs(loaded.graphdef, loaded.params, x, task="regression") * scale + mean  # [K, n, 2]
+    out = ens.run_encoded(x)
+    pred, spread = ens.split(out)
+    np.testing.assert_allclose(pred, members.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(spread, members.std(axis=0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(members[0], single.predict_outputs(features), rtol=1e-5)  # member 0 = best member
+    assert ens.output_columns() == ["prediction_y1", "prediction_y2", "std_y1", "std_y2"]
+    assert single.output_columns() == ["prediction_y1", "prediction_y2"]
+
+    body = features.astype(object).where(features.notna(), None)  # gaps travel as JSON null
+    with TestClient(serve.create_app(ens)) as http:
+        one = http.post("/predict", json={"instances": [body.iloc[0].to_dict()]}).json()
+        inv = http.post("/invocations", json={"dataframe_split": body.to_dict(orient="split")}).json()
+    np.testing.assert_allclose(one["predictions"][0], pred[0], rtol=1e-9)
+    np.testing.assert_allclose(one["spread"][0], spread[0], rtol=1e-9)
+    records = pd.DataFrame(inv["predictions"])
+    np.testing.assert_allclose(records[["std_y1", "std_y2"]].to_numpy(), spread, rtol=1e-9)
+    with TestClient(serve.create_app(single)) as http:
+        assert "spread" not in http.post("/predict", json={"instances": [body.iloc[0].to_dict()]}).json()
+
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    predict.predict_csv(ens, tmp_path / "in.csv", tmp_path / "out.csv", progress=False)
+    written = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(written[["prediction_y1", "prediction_y2"]].to_numpy(), pred, rtol=1e-9)
+    np.testing.assert_allclose(written[["std_y1", "std_y2"]].to_numpy(), spread, rtol=1e-9)
+
+    model = mlflow.pyfunc.load_model(ens_info["model_uri"])
+    assert [c.name for c in model.metadata.get_output_schema().inputs] == ens.output_columns()
+    got = model.predict(features)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), ens.predict_frame(features).reset_index(drop=True))
 
 
 # ----------------------------------------------------------------------------- kill -9
