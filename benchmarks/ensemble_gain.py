@@ -1,4 +1,4 @@
-"""Test log loss of the top-5 deep ensemble vs the best single member of one sweep, on several tables.
+"""Test log loss (RMSE) of the top-5 deep ensemble vs the best single member of one sweep, on several tables.
 
 Command (from the project root):
     python -m benchmarks.ensemble_gain [--tables baseline,breast_cancer,...] [--out FILE.json]
@@ -8,9 +8,12 @@ members in one program, the baseline network (128-64), early stopping as configu
 5), tracking off. The best member is the lowest validation loss; the ensemble is the top 5 by
 validation loss (mean of their probabilities). Both are scored on the table's test split
 (the same split for both; the split is fixed by the data seed). The tables: the synthetic
-baseline (100k rows; batch 256, 10 epochs) and every classification table of the quality
-suite (``benchmarks/quality_tables.py``: breast cancer, digits, wine, iris, Seattle weather,
-penguins; batch 32, 60 epochs). The model's other settings are the project's defaults.
+baseline (100k rows; batch 256, 10 epochs) and every table of the quality suite
+(``benchmarks/quality_tables.py``: breast cancer, digits, wine, iris, Seattle weather,
+penguins; the regression tables diabetes, cars_mpg, penguins_mass; batch 32, 60 epochs). The
+model's other settings are the project's defaults. Regression: the ensemble is the mean of the
+members' predictions, scored by RMSE in the target's units (the members are ranked by
+validation MSE on the standardised target, which orders them as validation RMSE does).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
 
 from benchmarks import quality_tables
@@ -30,16 +35,16 @@ from mlp_jax import sweep
 from mlp_jax.config import Config, apply_overrides
 
 TOP = 5
-#: The synthetic baseline and every classification table of the quality suite.
-TABLES = ("baseline", *(n for n, load in quality_tables.SUITE.items() if load().task == "classification"))
+#: The synthetic baseline and every table of the quality suite.
+TABLES = ("baseline", *quality_tables.SUITE)
 
 
-def table_csv(name: str, folder: Path) -> tuple[str, str]:
-    """``(csv path, target column)`` of a quality-suite table, written under ``folder``."""
+def table_csv(name: str, folder: Path) -> tuple[str, str, str]:
+    """``(csv path, target column, task)`` of a quality-suite table, written under ``folder``."""
     spec = quality_tables.load(name)
     path = folder / f"{name}.csv"
     spec.frame.to_csv(path, index=False)
-    return str(path), spec.target
+    return str(path), spec.target, spec.task
 
 
 def config_for(name: str, folder: Path) -> Config:
@@ -55,8 +60,9 @@ def config_for(name: str, folder: Path) -> Config:
     if name == "baseline":
         items += ["train.epochs=10"]
     else:
-        path, target = table_csv(name, folder)
-        items += [f"data.path={path}", f"data.target={target}", "train.epochs=60", "train.batch_size=32"]
+        path, target, task = table_csv(name, folder)
+        items += [f"data.path={path}", f"data.target={target}", f"data.task={task}"]
+        items += ["train.epochs=60", "train.batch_size=32"]
     return apply_overrides(Config(), items)
 
 
@@ -67,14 +73,26 @@ def measure(name: str, folder: Path) -> dict:
     result = sweep.run_sweep(config, dataset)
     seconds = time.perf_counter() - t
     top = [m.index for m in sweep.top_k(result, TOP)]
-    out = {"table": name, "rows": dataset.split_sizes(), "classes": len(dataset.classes), "seconds": seconds}
+    classify = dataset.task == "classification"
+    out = {
+        "table": name,
+        "task": dataset.task,
+        "rows": dataset.split_sizes(),
+        "classes": len(dataset.classes),
+        "seconds": seconds,
+    }
+    metric = out["metric"] = "log_loss" if classify else "rmse"
     for label, ids in (("best_member", top[:1]), (f"top{len(top)}", top)):
         for split, x, y in (("val", dataset.x_val, dataset.y_val), ("test", dataset.x_test, dataset.y_test)):
-            probs = result.predict(x, ids)[0]
-            out[f"{label}_{split}_log_loss"] = sweep.log_loss(y, probs)
-            out[f"{label}_{split}_accuracy"] = float((probs.argmax(axis=1) == y).mean())
+            mean = result.predict(x, ids)[0]
+            if classify:
+                out[f"{label}_{split}_log_loss"] = sweep.log_loss(y, mean)
+                out[f"{label}_{split}_accuracy"] = float((mean.argmax(axis=1) == y).mean())
+            else:  # original units
+                err = dataset.target.decode(mean) - dataset.target.decode(y)
+                out[f"{label}_{split}_rmse"] = float(np.sqrt(np.mean(np.square(err))))
     out["top"] = top
-    out["test_log_loss_gain"] = 1 - out[f"top{len(top)}_test_log_loss"] / out["best_member_test_log_loss"]
+    out[f"test_{metric}_gain"] = 1 - out[f"top{len(top)}_test_{metric}"] / out[f"best_member_test_{metric}"]
     return out
 
 
@@ -88,11 +106,15 @@ def main() -> None:
         for name in args.tables.split(","):
             r = measure(name, Path(tmp))
             rows.append(r)
-            ens = f"top{len(r['top'])}"
+            ens, m = f"top{len(r['top'])}", r["metric"]
+            acc = (
+                (f" (acc {r['best_member_test_accuracy']:.4f})", f" (acc {r[ens + '_test_accuracy']:.4f})")
+                if m == "log_loss"
+                else ("", "")
+            )
             print(
-                f"{name:<14} best member test log loss {r['best_member_test_log_loss']:.4f} "
-                f"(acc {r['best_member_test_accuracy']:.4f}), {ens} ensemble {r[ens + '_test_log_loss']:.4f} "
-                f"(acc {r[ens + '_test_accuracy']:.4f}), gain {100 * r['test_log_loss_gain']:.1f}%, "
+                f"{name:<14} best member test {m.replace('_', ' ')} {r[f'best_member_test_{m}']:.4f}{acc[0]}, "
+                f"{ens} ensemble {r[f'{ens}_test_{m}']:.4f}{acc[1]}, gain {100 * r[f'test_{m}_gain']:.1f}%, "
                 f"sweep {r['seconds']:.1f} s",
                 flush=True,
             )

@@ -56,3 +56,45 @@ def test_benchmark_table_has_every_contender_and_the_targets(tmp_path):
     assert text.count("| cars_mpg |") == 3 and text.count("| iris |") == 3
     assert "| ours [16/200/20] |" in text
     assert "Mean rank" in text and "ours vs linear" in text and "mean RMSE ratio" in text
+
+
+def test_holdout_split_never_touches_the_test_rows():
+    spec = quality_tables.breast_cancer()
+    for seed in (0, 3):
+        tr, va, te = quality.split_indices(spec, seed)
+        itr, iva, hold = quality.holdout_indices(spec, seed)
+        assert np.array_equal(hold, va)  # scored on the validation rows
+        assert set(itr) | set(iva) == set(tr) and not set(itr) & set(iva)  # trained / stopped on training rows
+        assert not (set(itr) | set(iva) | set(hold)) & set(te)
+        assert len(iva) == round(0.15 * len(spec.frame))
+
+
+@pytest.mark.slow
+def test_seed_ensemble_contender_is_the_mean_of_one_program(tmp_path):
+    spec = quality_tables.penguins_mass()  # regression with text and gaps
+    tr, va, te = quality.holdout_indices(spec, 0)
+    f = spec.frame
+    config = quality.ours_config(["train.epochs=3"], 0, spec)
+    ens = quality.fit_ours_seeds(config, f.iloc[tr], f.iloc[va], f.iloc[te], k=3)
+    singles = [
+        quality.fit_ours(quality.ours_config(["train.epochs=3"], s, spec), f.iloc[tr], f.iloc[va], f.iloc[te])
+        for s in (0, 1, 2)
+    ]
+    assert ens["test_pred"].shape == (len(te),)
+    # each member of the program trains as its single run does (same seed, same rows): the mean of those
+    np.testing.assert_allclose(ens["test_pred"], np.mean([s["test_pred"] for s in singles], axis=0), rtol=2e-4)
+    rc = quality.main(
+        [
+            "--holdout",
+            "--seeds",
+            "1",
+            "--tables",
+            "iris",
+            "--contenders",
+            "ours,ours 8 seeds,linear",
+            "--out",
+            str(tmp_path / "h.md"),
+        ]
+    )
+    text = (tmp_path / "h.md").read_text()
+    assert rc == 0 and "| ours 8 seeds [16/200/20] |" in text and "validation rows" in text
