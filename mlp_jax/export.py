@@ -24,7 +24,10 @@ Everything numeric happens inside the program, with the formulas of
 ``(x - center) / scale``, constant columns -> 0, clip; booleans: majority fill +
 indicator), then the network, then softmax (classification: probabilities float32
 ``[b, n_classes]``) or ``out * scale + mean`` (regression: float64 ``[b, n_targets]`` in the
-targets' original units). Only the text -> code lookup stays on the host: it is a dictionary
+targets' original units). A deep ensemble (``meta.members`` = K > 1) runs its K members in
+the same program and answers ``[b, 2 * n_outputs]``: the members' mean probabilities
+(predictions) then their standard deviations, computed as :class:`~mlp_jax.predictor.Predictor`
+does (float32 over the member axis, then the targets' units). Only the text -> code lookup stays on the host: it is a dictionary
 lookup that ``signature.json`` (and ``meta.json``) describe completely, and string tensors
 are badly supported by serving runtimes (Triton, ONNX Runtime Web, TensorRT).
 
@@ -177,8 +180,19 @@ def forward_fn(loaded: LoadedArtifact) -> Any:
         y_mean = np.asarray(meta.target_stats["mean"], np.float64)
         y_scale = np.asarray(meta.target_stats["scale"], np.float64)
 
+    members = meta.members
+
     def f(raw: jax.Array) -> jax.Array:
-        out = model_lib.apply(graphdef, params, model_matrix(lay, raw))
+        x = model_matrix(lay, raw)
+        if members > 1:  # as the Predictor: members' mean and std (float32), then the targets' units
+            outs = jax.vmap(lambda p: model_lib.apply(graphdef, p, x))(params)
+            outs = outs if regression else jax.nn.softmax(outs, axis=-1)
+            mean, std = jnp.mean(outs, axis=0), jnp.std(outs, axis=0)
+            if regression:
+                mean = mean.astype(jnp.float64) * y_scale[None, :] + y_mean[None, :]
+                std = std.astype(jnp.float64) * y_scale[None, :]
+            return jnp.concatenate([mean, std], axis=1)
+        out = model_lib.apply(graphdef, params, x)
         if regression:
             return out.astype(jnp.float64) * y_scale[None, :] + y_mean[None, :]
         return jax.nn.softmax(out, axis=-1)
@@ -232,6 +246,8 @@ def signature(meta: ArtifactMeta, step: int, source: str, onnx_written: bool) ->
                 }
             )
     classify = meta.task == "classification"
+    names = [str(c) for c in meta.classes] if classify else list(meta.targets)
+    spread = [f"std_{c}" for c in names] if meta.members > 1 else []
     return {
         "kind": "mlp_jax.export",
         "format": FORMAT,
@@ -242,11 +258,12 @@ def signature(meta: ArtifactMeta, step: int, source: str, onnx_written: bool) ->
         "input": {"name": INPUT_NAME, "dtype": "float64", "shape": [-1, len(pre.columns)], "columns": columns},
         "missing_tokens": list(NULL_TOKENS),
         "missing": pre.missing,
-        "output": {
+        "members": meta.members,
+        "output": {  # an ensemble: the members' means, then their standard deviations (std_<column>)
             "name": "probabilities" if classify else "predictions",
             "dtype": "float32" if classify else "float64",
-            "shape": [-1, meta.n_outputs],
-            "columns": [str(c) for c in meta.classes] if classify else list(meta.targets),
+            "shape": [-1, meta.n_outputs * (2 if spread else 1)],
+            "columns": names + spread,
         },
         "files": {"stablehlo": FORWARD_FILE, "onnx": ONNX_FILE if onnx_written else None, "meta": META_FILE},
     }
@@ -267,7 +284,11 @@ def onnx_model(loaded: LoadedArtifact) -> Any:
 
     meta = loaded.meta
     lay = _layout(_preprocessor(meta, loaded.path))
-    net = nnx.merge(loaded.graphdef, loaded.params)
+    k = meta.members
+    nets = [
+        nnx.merge(loaded.graphdef, loaded.params if k == 1 else jax.tree.map(lambda a, i=i: a[i], loaded.params))
+        for i in range(k)
+    ]
     nodes: list[Any] = []
     inits: list[Any] = []
     counter = iter(range(1 << 30))
@@ -283,7 +304,7 @@ def onnx_model(loaded: LoadedArtifact) -> Any:
         return out
 
     f32 = TensorProto.FLOAT
-    parts = []
+    parts = []  # the dense block, shared by every member
     if len(lay.numeric):
         v = op("Gather", INPUT_NAME, const(lay.numeric, np.int64), axis=1)
         miss = op("IsNaN", v)
@@ -304,6 +325,7 @@ def onnx_model(loaded: LoadedArtifact) -> Any:
         parts.append(op("Cast", op("Where", miss, const(fill, np.float64), b), to=f32))
         if indicator:
             parts.append(op("Cast", miss, to=f32))
+    codes = None
     if len(lay.categorical):
         # float64 -> float32 -> int (truncation), as the network reads the model matrix
         codes = op(
@@ -311,38 +333,63 @@ def onnx_model(loaded: LoadedArtifact) -> Any:
             op("Cast", op("Gather", INPUT_NAME, const(lay.categorical, np.int64), axis=1), to=f32),
             to=TensorProto.INT64,
         )
-        embeds = iter(net.embeddings)
-        for j, (card, dim) in enumerate(zip(net.cardinalities, net.embedding_dims, strict=True)):
-            c = op(
-                "Clip", op("Gather", codes, const(j, np.int64), axis=1), const(0, np.int64), const(card - 1, np.int64)
-            )
-            if dim > 0:
-                table = np.asarray(next(embeds).embedding[...], np.float32)
-                parts.append(op("Gather", const(table, np.float32), c, axis=0))
-            else:
-                hot = op("Equal", op("Unsqueeze", c, const([1], np.int64)), const(np.arange(card), np.int64))
-                parts.append(op("Cast", hot, to=f32))
-    h = parts[0] if len(parts) == 1 else op("Concat", *parts, axis=1)
 
     def dense(x: str, layer: Any) -> str:
         w = const(np.asarray(layer.kernel[...], np.float32), np.float32)
         return op("Add", op("MatMul", x, w), const(np.asarray(layer.bias[...], np.float32), np.float32))
 
-    for layer in net.hidden:
-        h = _onnx_activation(op, const, dense(h, layer), net.activation)
-    out = dense(h, net.head)
-    if meta.task == "classification":
-        name, elem = "probabilities", f32
-        nodes.append(helper.make_node("Softmax", [out], [name], axis=-1))
-    else:
-        name, elem = "predictions", TensorProto.DOUBLE
-        scaled = op("Mul", op("Cast", out, to=TensorProto.DOUBLE), const(meta.target_stats["scale"], np.float64))
-        nodes.append(helper.make_node("Add", [scaled, const(meta.target_stats["mean"], np.float64)], [name]))
+    def network(net: Any) -> str:
+        """One member: its categorical inputs (embedding tables are parameters), hidden layers, head."""
+        inputs = list(parts)
+        if codes is not None:
+            embeds = iter(net.embeddings)
+            for j, (card, dim) in enumerate(zip(net.cardinalities, net.embedding_dims, strict=True)):
+                c = op(
+                    "Clip",
+                    op("Gather", codes, const(j, np.int64), axis=1),
+                    const(0, np.int64),
+                    const(card - 1, np.int64),
+                )
+                if dim > 0:
+                    table = np.asarray(next(embeds).embedding[...], np.float32)
+                    inputs.append(op("Gather", const(table, np.float32), c, axis=0))
+                else:
+                    hot = op("Equal", op("Unsqueeze", c, const([1], np.int64)), const(np.arange(card), np.int64))
+                    inputs.append(op("Cast", hot, to=f32))
+        h = inputs[0] if len(inputs) == 1 else op("Concat", *inputs, axis=1)
+        for layer in net.hidden:
+            h = _onnx_activation(op, const, dense(h, layer), net.activation)
+        out = dense(h, net.head)
+        return op("Softmax", out, axis=-1) if meta.task == "classification" else out
+
+    outs = [network(net) for net in nets]
+    classify = meta.task == "classification"
+    name, elem = ("probabilities", f32) if classify else ("predictions", TensorProto.DOUBLE)
+    ystats = meta.target_stats if not classify else {}
+
+    def to_units(x: str, shift: bool) -> str:  # regression: float32 standardised -> float64 targets' units
+        scaled = op("Mul", op("Cast", x, to=TensorProto.DOUBLE), const(ystats["scale"], np.float64))
+        return op("Add", scaled, const(ystats["mean"], np.float64)) if shift else scaled
+
+    if k == 1:
+        final = outs[0] if classify else to_units(outs[0], True)
+    else:  # members' mean and (population) standard deviation over a leading member axis
+        stack = op("Concat", *(op("Unsqueeze", o, const([0], np.int64)) for o in outs), axis=0)
+        mean = op("ReduceMean", stack, axes=[0], keepdims=0)
+        dev = op("Sub", stack, op("Unsqueeze", mean, const([0], np.int64)))
+        std = op("Sqrt", op("ReduceMean", op("Mul", dev, dev), axes=[0], keepdims=0))
+        final = (
+            op("Concat", mean, std, axis=1)
+            if classify
+            else op("Concat", to_units(mean, True), to_units(std, False), axis=1)
+        )
+    nodes.append(helper.make_node("Identity", [final], [name]))
+    width = meta.n_outputs * (2 if k > 1 else 1)
     graph = helper.make_graph(
         nodes,
         "mlp_jax_forward",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.DOUBLE, ["batch", len(meta.input_columns)])],
-        [helper.make_tensor_value_info(name, elem, ["batch", meta.n_outputs])],
+        [helper.make_tensor_value_info(name, elem, ["batch", width])],
         inits,
     )
     model = helper.make_model(
@@ -387,11 +434,6 @@ def export_artifact(loaded: LoadedArtifact, out_dir: str | Path, onnx: bool | No
       CheckpointError: a format-1 artifact, or an activation without an ONNX translation.
       ImportError: ``onnx=True`` without the ``onnx`` package.
     """
-    if loaded.meta.members != 1:
-        raise CheckpointError(
-            f"{loaded.path}: an ensemble of {loaded.meta.members} members; export one member (a single-model "
-            "artifact) instead: ensembles are not exported yet"
-        )
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / FORWARD_FILE).unlink(missing_ok=True)
@@ -497,7 +539,7 @@ class ExportedPredictor(Predictor):
         self.name = name or meta.name or folder.name
         self.version = version or f"step-{self.checkpoint.step}"
         self.task = meta.task
-        self.members = 1  # export_artifact refuses ensembles
+        self.members = meta.members  # an ensemble's program answers means then standard deviations
         self.feature_names = tuple(meta.input_columns)
         self.classes = tuple(meta.classes) if self.task == "classification" else ()
         self.targets = tuple(meta.targets) if self.task == "regression" else ()
@@ -634,6 +676,4 @@ def load_predictor(model: str | Path, buckets: Sequence[int] = DEFAULT_BUCKETS) 
     where = model_uri.resolve(model)
     if (where.path / FORWARD_FILE).is_file():
         return ExportedPredictor(where.path, buckets, source=where.source, name=where.name, version=where.version)
-    return Predictor(
-        artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version
-    )
+    return Predictor(artifact.load(where.path), buckets, source=where.source, name=where.name, version=where.version)

@@ -175,8 +175,8 @@ def log_model(checkpoint: str | Path, name: str = MODEL_NAME_IN_RUN, **kwargs: A
     failures = _ValidationFailures()
     logger = logging.getLogger("mlflow.models.model")
     logger.addHandler(failures)
-    # The portable export (StableHLO + ONNX) rides along for single models; ensembles are not exported yet.
-    exported = _exported_folder(workdir / str(step)) if meta.members == 1 else None
+    # The portable export (StableHLO + ONNX) rides along, for single models and ensembles alike.
+    exported = _exported_folder(workdir / str(step))
     artifacts = {CHECKPOINT_ARTIFACT: str(workdir / str(step))}
     if exported is not None:
         artifacts[EXPORTED_ARTIFACT] = str(exported)

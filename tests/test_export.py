@@ -16,7 +16,7 @@ import pytest
 from mlp_jax import artifact, export
 from mlp_jax.export import ExportedPredictor, load_predictor
 from mlp_jax.predictor import Predictor
-from tests.helpers import penguins_csv, trained_penguins, trained_regression
+from tests.helpers import penguins_csv, trained_penguins, trained_regression, write_regression_csv
 
 pytestmark = pytest.mark.slow  # end to end: trains, exports StableHLO and ONNX, runs onnxruntime
 
@@ -38,17 +38,51 @@ def _case(workdir: Path, out: Path, drop: list[str]) -> SimpleNamespace:
     )
 
 
+def _ensemble(folder: Path, csv: Path, target: str, task: str, k: int = 3) -> Path:
+    """A deep ensemble artifact: k seeds trained as one sweep program, all k members saved."""
+    from mlp_jax import config, data, sweep
+
+    cfg = config.apply_overrides(
+        config.Config(),
+        [
+            f"data.path={csv}",
+            f"data.target={target}",
+            f"data.task={task}",
+            "model.hidden_sizes=16,8",
+            "train.epochs=3",
+            "train.progress=false",
+            "tracking.enabled=false",
+            "sweep.seed=" + ",".join(map(str, range(k))),
+        ],
+    )
+    ds = data.prepare(cfg.data, cfg.seed)
+    return sweep.save_artifact(sweep.run_sweep(cfg, ds), list(range(k)), ds, folder, cfg)
+
+
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory, trained_workdir) -> dict[str, SimpleNamespace]:
     out = tmp_path_factory.mktemp("exported")
+    reg_csv = write_regression_csv(out / "regression.csv")
     return {
         "tiny": _case(trained_workdir, out / "tiny", ["target"]),
         "penguins": _case(trained_penguins(tmp_path_factory), out / "penguins", ["species"]),
         "regression": _case(trained_regression(tmp_path_factory), out / "regression", ["y1", "y2"]),
+        # ensembles (members' means then standard deviations): embeddings / one-hot per member, gaps, two targets
+        "penguins-ensemble": _case(
+            _ensemble(out / "pe", penguins_csv(), "species", "classification"), out / "penguins-ens", ["species"]
+        ),
+        "regression-ensemble": _case(
+            _ensemble(out / "re", reg_csv, "y1,y2", "regression"), out / "regression-ens", ["y1", "y2"]
+        ),
     }
 
 
-MODELS = ["tiny", "penguins", "regression"]
+MODELS = ["tiny", "penguins", "regression", "penguins-ensemble", "regression-ensemble"]
+
+
+def _width(c: SimpleNamespace) -> int:
+    """Output columns of the program: one per class / target, twice that for an ensemble (+ spread)."""
+    return c.meta.n_outputs * (2 if c.meta.members > 1 else 1)
 
 
 def _assert_close(got: np.ndarray, want: np.ndarray, tol: float) -> None:
@@ -85,6 +119,10 @@ def test_exported_predictor_gives_the_checkpoints_predictions(cases, model):
         assert got["prediction"].tolist() == want["prediction"].tolist()
     d = c.exported.describe()
     assert d["exported"] and d["checkpoint"] == str(c.folder.resolve()) and d["step"] == c.reference.step
+    assert d["members"] == c.meta.members and c.exported.output_columns() == c.reference.output_columns()
+    sig = json.loads((c.folder / "signature.json").read_text())
+    assert sig["members"] == c.meta.members and sig["output"]["shape"] == [-1, _width(c)]
+    assert len(sig["output"]["columns"]) == _width(c)
 
 
 def test_records_nulls_unseen_categories_and_positional_rows(cases):
@@ -159,7 +197,7 @@ def test_onnx_in_onnxruntime_matches_on_10000_rows(cases, model):
     assert inp.name == "raw" and inp.type == "tensor(double)" and inp.shape[1] == c.exported.n_features
     got = session.run(None, {"raw": raw})[0]
     want = c.exported.run_encoded(raw)
-    assert got.shape == want.shape == (10_000, c.meta.n_outputs) and got.dtype == want.dtype
+    assert got.shape == want.shape == (10_000, _width(c)) and got.dtype == want.dtype
     _assert_close(got, want, ONNX_TOL)
     if c.meta.task == "classification":  # and the checkpoint agrees on the same rows
         x = np.stack([c.exported.encode(c.frame.iloc[:50]), c.exported.encode(c.frame.iloc[50:100])]).reshape(100, -1)
