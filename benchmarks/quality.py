@@ -97,7 +97,8 @@ def holdout_indices(spec: TableSpec, seed: int) -> tuple[np.ndarray, np.ndarray,
 
 # ----------------------------------------------------------------------------- ours
 
-#: ``ours 8 seeds``: the defaults, 8 seeds trained as one program (``mlp_jax.sweep``), served as their mean.
+#: ``ours 8 seeds``: the defaults, 8 seeds trained as one program (``mlp_jax.sweep``), served as their
+#: mean, on any table (the default does this below 2,000 training rows: ``mlp_jax.config.auto_members``).
 ENSEMBLE_SEEDS = 8
 
 
@@ -108,7 +109,9 @@ def fit_ours(config: Any, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df:
     fits the preprocessing and the target on the training rows (as the runner does after its
     own split), ``mlp_jax.train.fit`` trains without a workdir (no checkpoints; auto batch
     size, epochs and patience resolved from the training rows), and the best-validation-epoch
-    parameters predict the test rows. ``config.data`` names the target and the task.
+    parameters predict the test rows. ``config.data`` names the target and the task. On a
+    table whose training rows make ``train.members`` auto resolve above 1 (the default below
+    2,000 rows), the defaults are a deep ensemble and :func:`fit_ours_seeds` trains it.
 
     Returns:
       ``{"classes", "test_proba"}`` or ``{"test_pred"}`` (original units), plus ``val_loss``
@@ -117,7 +120,11 @@ def fit_ours(config: Any, train_df: pd.DataFrame, val_df: pd.DataFrame, test_df:
     """
     from mlp_jax import data as data_lib
     from mlp_jax import evaluate, train
+    from mlp_jax.config import auto_members
 
+    k = auto_members(config, len(train_df))
+    if k > 1:  # the default on small tables: a deep ensemble of k seeds (train.members)
+        return fit_ours_seeds(config, train_df, val_df, test_df, k)
     dataset = data_lib.from_frames(train_df, val_df, test_df, config.data, source="benchmarks.quality")
     with contextlib.redirect_stdout(io.StringIO()):  # fit prints its device layout
         result = train.fit(config, dataset, workdir=None, progress=False)
@@ -149,10 +156,8 @@ def fit_ours_seeds(
     """
     from mlp_jax import data as data_lib
     from mlp_jax import sweep
-    from mlp_jax.config import apply_overrides
 
-    seeds = ",".join(str(config.seed + i) for i in range(k))
-    config = apply_overrides(config, [f"sweep.seed={seeds}"])
+    config = sweep.seeds_config(config, k)
     dataset = data_lib.from_frames(train_df, val_df, test_df, config.data, source="benchmarks.quality")
     result = sweep.run_sweep(config, dataset)
     ids = list(range(k))

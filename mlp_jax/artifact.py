@@ -275,8 +275,8 @@ def resolve(path: str | Path) -> tuple[Path, int]:
     return p.resolve(), steps[-1]
 
 
-def manager(workdir: Path, read_only: bool = True, keep: int = 2) -> ocp.CheckpointManager:
-    """An Orbax manager over ``workdir`` with this format's items (latest ``keep`` steps kept)."""
+def manager(workdir: Path, read_only: bool = True, keep: int | None = 2) -> ocp.CheckpointManager:
+    """An Orbax manager over ``workdir`` with this format's items (latest ``keep`` steps kept; None: all)."""
     from orbax.checkpoint import checkpoint_managers
 
     # read_only=True makes Orbax log warnings on every open; create=False is enough for readers.

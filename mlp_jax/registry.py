@@ -65,9 +65,7 @@ def champion_gate(
     return dataclasses.replace(_gate(challenger_val_loss, digest, champion, metric), metric=metric)
 
 
-def _gate(
-    challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str
-) -> GateDecision:
+def _gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str) -> GateDecision:
     """Champion/challenger: promote only on a strictly lower validation loss on the same data.
 
     Args:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from mlp_jax.config import Config, ConfigError, apply_overrides, help_text, to_json
+from mlp_jax.config import Config, ConfigError, apply_overrides, auto_members, help_text, to_json
 from mlp_jax.summary import RunSummary
 
 _T_START = time.perf_counter()
@@ -34,6 +34,101 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 def check_workdir(workdir: Path) -> None:
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir: {workdir} exists and is not a directory")
+
+
+def check_workdir_kind(workdir: Path, members: int) -> None:
+    """A workdir holds one kind of run: a single model's checkpoints (step folders with a train
+    state) or a deep ensemble's (the members' ``group-0/`` and served step folders). Mixing them
+    would resume the wrong one or serve an older model, so it is refused before training.
+
+    Raises:
+      ConfigError: naming the workdir, what it holds and what to do.
+    """
+    if not workdir.is_dir():
+        return
+    single = any(p.name.isdigit() and (p / "state").is_dir() for p in workdir.iterdir())
+    if members > 1 and single:
+        raise ConfigError(
+            f"workdir: {workdir} holds a single model's checkpoints; train.members={members} trains an ensemble: "
+            "use another workdir, or train.members=1 to resume that run"
+        )
+    if members == 1 and (workdir / "group-0").is_dir():
+        raise ConfigError(
+            f"workdir: {workdir} holds an ensemble's checkpoints (group-0/); train.members=1 trains one model: "
+            "use another workdir, or leave train.members at auto (or the ensemble's size) to resume it"
+        )
+
+
+def _mean_rows(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per epoch, the mean of every metric over the members that trained that epoch (+ ``members_active``)."""
+    by_epoch: dict[int, list[dict[str, Any]]] = {}
+    for h in histories:
+        for row in h:
+            by_epoch.setdefault(int(row["epoch"]), []).append(row)
+    out = []
+    for epoch in sorted(by_epoch):
+        rows = by_epoch[epoch]
+        keys = [k for k in rows[0] if k not in ("epoch", "ensemble_members")]
+        mean = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys}
+        out.append({"epoch": epoch, **mean, "members_active": len(rows)})
+    return out
+
+
+def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int) -> tuple[Any, Callable]:
+    """``train.members=k`` > 1: seeds ``seed .. seed+k-1`` trained as one program (``mlp_jax.sweep``,
+    each with its own early stopping; a rerun resumes from ``workdir/group-0``), all k saved as one
+    ensemble artifact in ``workdir/<step>``.
+
+    Returns ``(fit result, outputs)``: a :class:`mlp_jax.train.FitResult` (history: the members'
+    mean per epoch; best epoch / epochs run: the latest member's; ``last_checkpoint``: the
+    ensemble's step folder) and ``outputs(x) -> [n, C]``, the members' mean probabilities or
+    standardised predictions.
+    """
+    from mlp_jax import sweep, train
+    from mlp_jax.config import resolve_auto
+
+    cfg = sweep.seeds_config(config, k)
+    n_train = len(dataset.y_train)
+
+    trained = [0]  # member-epochs trained by this call (a resumed run counts only its own)
+
+    def on_epoch(report: Any) -> None:
+        trained[0] += len(report.rows)
+        if report.rows:
+            row = _mean_rows([[r] for r in report.rows.values()])[0]
+            writer.write_scalars(row.pop("epoch"), row)
+            if config.train.progress and (report.stopped or report.epoch % 10 == 0):
+                stopped = "".join(f", member {i} stopped ({why})" for i, why in report.stopped.items())
+                print(
+                    f"epoch {report.epoch}: {len(report.rows)} of {k} members active, mean val loss "
+                    f"{row['val_loss']:.4f}{stopped}",
+                    flush=True,
+                )
+
+    result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
+    ids = list(range(k))
+    step = sweep.save_artifact(result, ids, dataset, workdir, cfg, keep=None)
+    group = result.groups[0]
+    resolved = resolve_auto(config, n_train)
+    steps = train.steps_per_epoch(n_train, resolved.train.batch_size)
+    member_epochs = trained[0]
+    fit = train.FitResult(
+        state=group.state,
+        best_params=group.best_params,
+        history=_mean_rows([m.history for m in result.members]),
+        best_epoch=max(m.best_epoch for m in result.members),
+        epochs_run=max(m.epochs_run for m in result.members),
+        stopped_early=all(m.stopped == "patience" for m in result.members),
+        compile_seconds=result.compile_seconds,
+        train_seconds=result.train_seconds,
+        train_samples_per_second=member_epochs * steps * resolved.train.batch_size / max(result.train_seconds, 1e-9),
+        resumed_from=None,
+        checkpoint_seconds=result.timings.get("checkpoint", 0.0),
+        last_checkpoint=str(step),
+        n_devices=result.n_devices,
+        config=resolved,
+    )
+    return fit, lambda x: result.predict(x, ids)[0]
 
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
@@ -53,7 +148,11 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     t = time.perf_counter()
     dataset = data_lib.prepare(config.data, config.seed)
     timings["data"] = time.perf_counter() - t
-    what = f"classes {list(dataset.classes)}" if dataset.task == "classification" else f"targets {list(dataset.target_names)}"
+    what = (
+        f"classes {list(dataset.classes)}"
+        if dataset.task == "classification"
+        else f"targets {list(dataset.target_names)}"
+    )
     print(
         f"data: {dataset.source} ({dataset.split_sizes()}), {dataset.n_features} model inputs, {what}",
         flush=True,
@@ -69,16 +168,27 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         writer = session.writer
         timings["tracking_start"] = time.perf_counter() - t
 
+    members = auto_members(config, len(dataset.y_train), processes.num_processes)
+    check_workdir_kind(workdir, members)
+    if members > 1:
+        print(f"members: {members} seeds trained as one program, served as one ensemble (train.members)", flush=True)
     try:
-        result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)
+        if members > 1:
+            result, outputs = fit_members(config, dataset, workdir, writer, members)
+        else:
+            result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)
+            best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
+            graphdef = result.state.graphdef
+            if dataset.task == "classification":
+                outputs = lambda x: evaluate.batched_probabilities(graphdef, best_params, x)  # noqa: E731
+            else:
+                outputs = lambda x: evaluate.batched_outputs(graphdef, best_params, x)  # noqa: E731
         timings.update(compile=result.compile_seconds, train=result.train_seconds, checkpoint=result.checkpoint_seconds)
 
         t = time.perf_counter()
-        best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
-        graphdef = result.state.graphdef
         plots = workdir / "plots"
         if dataset.task == "classification":
-            probs = evaluate.batched_probabilities(graphdef, best_params, dataset.x_test)
+            probs = outputs(dataset.x_test)
             report = evaluate.classification_report(dataset.y_test, probs, dataset.classes)
             test_metrics = {
                 "test_accuracy": report["accuracy"],
@@ -91,6 +201,14 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
                     (h["val_accuracy"] for h in result.history if h["epoch"] == result.best_epoch), None
                 ),
             }
+            if members > 1:  # the ensemble's own validation numbers (what the champion gate compares)
+                val_probs = outputs(dataset.x_val)
+                best_val = {
+                    "best_val_loss": float(
+                        evaluate.classification_report(dataset.y_val, val_probs, dataset.classes)["log_loss"]
+                    ),
+                    "best_val_accuracy": float(np.mean(val_probs.argmax(axis=1) == dataset.y_val)),
+                }
             figures = [
                 lambda: evaluate.plot_confusion_matrix(
                     report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"
@@ -99,13 +217,10 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         else:
             decode = dataset.target.decode
             y_test = decode(dataset.y_test)
-            pred_test = decode(evaluate.batched_outputs(graphdef, best_params, dataset.x_test))
+            pred_test = decode(outputs(dataset.x_test))
             report = evaluate.regression_report(y_test, pred_test, dataset.target_names)
-            val = evaluate.regression_report(
-                decode(dataset.y_val),
-                decode(evaluate.batched_outputs(graphdef, best_params, dataset.x_val)),
-                dataset.target_names,
-            )
+            val_out = outputs(dataset.x_val)
+            val = evaluate.regression_report(decode(dataset.y_val), decode(val_out), dataset.target_names)
             test_metrics = {
                 "test_rmse": report["rmse"],
                 "test_mae": report["mae"],
@@ -120,6 +235,8 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
                 "best_val_rmse": val["rmse"],
                 "best_val_r2": val["r2"],
             }
+            if members > 1:  # the ensemble's validation MSE (standardised), not the members' mean curve
+                best_val["best_val_loss"] = float(np.mean(np.square(val_out - dataset.y_val)))
             figures = [
                 lambda: evaluate.plot_predicted_vs_actual(
                     y_test, pred_test, dataset.target_names, plots / "predicted_vs_actual.png"
@@ -163,6 +280,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             n_devices=result.n_devices,
             n_processes=result.n_processes,
             sklearn=sklearn,
+            members=members,
         )
         record = None
         if session is not None:

@@ -52,6 +52,7 @@ class RunSummary:
     n_devices: int = 1
     n_processes: int = 1
     sklearn: dict[str, Any] | None = None
+    members: int = 1  # > 1: a deep ensemble of that many seeds (train.members)
 
     def metric(self, name: str) -> float | None:
         """A metric by name (None when this task or run has no such metric)."""

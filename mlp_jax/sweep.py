@@ -701,8 +701,20 @@ def ensemble_members(result: SweepResult, k: int) -> list[int]:
     return [m.index for m in ranked if m.group == group][:k]
 
 
+def seeds_config(config: Config, k: int) -> Config:
+    """``config`` as a sweep over seeds ``seed .. seed+k-1`` (a single run's ``train.members=k``)."""
+    seeds = ",".join(str(config.seed + i) for i in range(k))
+    train_cfg = dataclasses.replace(config.train, members=1)
+    return dataclasses.replace(config, train=train_cfg, sweep=SweepConfig(axes=(f"seed={seeds}",)))
+
+
 def save_artifact(
-    result: SweepResult, members: Sequence[int], dataset: Dataset, directory: str | Path, config: Config
+    result: SweepResult,
+    members: Sequence[int],
+    dataset: Dataset,
+    directory: str | Path,
+    config: Config,
+    keep: int | None = 1,
 ) -> Path:
     """Writes members of one group as a model artifact step folder; returns it.
 
@@ -712,7 +724,8 @@ def save_artifact(
     the order given, best first; config and history of the first member, plus one history
     row with the ensemble's validation log loss and accuracy). The step is the largest
     best epoch among them. The folder holds ``best_params`` and ``meta`` only (no train
-    state: an artifact from a sweep is served, never resumed).
+    state: an artifact from a sweep is served, never resumed). ``keep``: step folders kept in
+    ``directory`` (None: all; the runner keeps every one, so nothing older is deleted).
 
     Raises:
       ValueError: no members, or members of different groups (different network shapes).
@@ -750,9 +763,11 @@ def save_artifact(
     )
     step = max(1, max(result.members[i].best_epoch for i in members))
     directory = Path(directory).resolve()
-    mngr = artifact.manager(directory, read_only=False, keep=1)
+    mngr = artifact.manager(directory, read_only=False, keep=keep)
     try:
         args = ocp.args.Composite(best_params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta.to_dict()))
+        if step in mngr.all_steps():  # a rerun of a finished sweep or run: the same members, saved again
+            mngr.delete(step)
         mngr.save(step, args=args, force=True)
         mngr.wait_until_finished()
     finally:
@@ -814,6 +829,7 @@ __all__ = [
     "member_outputs",
     "run_sweep",
     "save_artifact",
+    "seeds_config",
     "static_key",
     "top_k",
 ]

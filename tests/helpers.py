@@ -34,6 +34,7 @@ def tiny_config(tmp: Path, csv: Path, **overrides: str) -> config_lib.Config:
         "train.checkpoint_every": "2",
         "train.progress": "false",
         "tracking.enabled": "false",
+        "train.members": "1",  # one model (auto would make an 8-seed ensemble of these small tables)
     }
     items.update(overrides)
     return config_lib.apply_overrides(config_lib.Config(), [f"{k}={v}" for k, v in items.items()])

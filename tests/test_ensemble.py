@@ -315,6 +315,70 @@ def test_regression_sweep_ensemble_registered_and_served_everywhere(tmp_path, mo
     pd.testing.assert_frame_equal(got.reset_index(drop=True), ens.predict_frame(features).reset_index(drop=True))
 
 
+# ----------------------------------------------------------------------------- train.members in the runner
+
+
+def test_auto_members_rule():
+    from mlp_jax import config as C
+
+    cfg = C.Config()
+    assert cfg.train.members == C.AUTO
+    assert C.auto_members(cfg, 1_999) == C.AUTO_MEMBERS == 8 and C.auto_members(cfg, 2_000) == 1
+    assert C.auto_members(cfg, 300, n_processes=2) == 1  # members need one process
+    assert C.auto_members(C.apply_overrides(cfg, ["train.members=3"]), 100_000) == 3
+    assert C.apply_overrides(cfg, ["train.members=auto"]).train.members == C.AUTO
+    with pytest.raises(C.ConfigError, match=r"train\.members"):
+        C.apply_overrides(cfg, ["train.members=2", "sweep.seed=0,1"])
+
+
+def test_runner_trains_members_as_one_ensemble_tracked_served_and_resumed(tmp_path, monkeypatch, mlflow_db):
+    """train.members=3 through the runner: one program, one ensemble artifact registered through the
+    gate on the ensemble's own validation loss; the test metrics are the served model's; a rerun
+    resumes to the same numbers; a workdir of the other kind is refused by name."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from mlp_jax import config as C
+    from mlp_jax import runner
+    from tests.helpers import tiny_config
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    uri = mlflow_db(tmp_path)
+    use_store(monkeypatch, tmp_path, uri)
+    cfg = tiny_config(
+        tmp_path, csv, **{"train.members": "3", "tracking.enabled": "true", "tracking.registered_model": MODEL}
+    )
+    summary = runner.run(cfg, progress=False)
+    assert summary["members"] == 3
+    step = Path(summary["checkpoint"])
+    assert step.parent == tmp_path / "run" and (tmp_path / "run" / "group-0").is_dir()
+    ens = Predictor.load(tmp_path / "run")  # the workdir serves the ensemble
+    assert ens.members == 3 and ens.checkpoint.path == step
+    from mlp_jax import data as D
+
+    ds = D.prepare(cfg.data, cfg.seed, verbose=False)
+    probs, spread = ens.split(ens.run_encoded(ds.x_test))
+    assert summary["test_accuracy"] == pytest.approx(float((probs.argmax(1) == ds.y_test).mean()))
+    assert spread.max() > 0  # three different seeds disagree somewhere
+    version = MlflowClient(uri).get_model_version(MODEL, summary["model_version"])
+    assert float(version.tags["champion_gate.challenger_val_loss"]) == pytest.approx(summary["best_val_loss"])
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    frame = pd.read_csv(csv).head(20).drop(columns=["target"])
+    pd.testing.assert_frame_equal(
+        model.predict(frame).reset_index(drop=True), ens.predict_frame(frame).reset_index(drop=True)
+    )
+
+    again = runner.run(C.apply_overrides(cfg, ["tracking.enabled=false"]), progress=False)
+    for key in ("test_accuracy", "test_loss", "best_val_loss", "best_epoch", "checkpoint"):
+        assert again[key] == summary[key], key
+    with pytest.raises(C.ConfigError, match="holds an ensemble"):
+        runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.members=1"]), progress=False)
+    single = tiny_config(tmp_path, csv, workdir=str(tmp_path / "single"))
+    runner.run(single, progress=False)
+    with pytest.raises(C.ConfigError, match="holds a single model"):
+        runner.run(C.apply_overrides(single, ["train.members=2"]), progress=False)
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 

@@ -56,6 +56,7 @@ def test_baseline_end_to_end_with_a_tiny_config(tmp_path):
     ):
         assert key in summary, key
     assert summary["classes"] == [0, 1, 2] and summary["n_features"] == 6
+    assert summary["members"] == 8  # 1,050 training rows: train.members=auto trains an 8-seed ensemble
     assert summary["test_accuracy"] > 0.6 and summary["sklearn"]["test_accuracy"] > 0.5
     assert (workdir / "plots" / "loss_curve.png").stat().st_size > 1000
     assert (workdir / "plots" / "confusion_matrix.png").exists()

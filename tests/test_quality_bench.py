@@ -77,7 +77,9 @@ def test_seed_ensemble_contender_is_the_mean_of_one_program(tmp_path):
     config = quality.ours_config(["train.epochs=3"], 0, spec)
     ens = quality.fit_ours_seeds(config, f.iloc[tr], f.iloc[va], f.iloc[te], k=3)
     singles = [
-        quality.fit_ours(quality.ours_config(["train.epochs=3"], s, spec), f.iloc[tr], f.iloc[va], f.iloc[te])
+        quality.fit_ours(
+            quality.ours_config(["train.epochs=3", "train.members=1"], s, spec), f.iloc[tr], f.iloc[va], f.iloc[te]
+        )
         for s in (0, 1, 2)
     ]
     assert ens["test_pred"].shape == (len(te),)
