@@ -28,6 +28,7 @@ COMMON = {
     "train.progress": "false",
     "train.compare_sklearn": "false",
     "tracking.enabled": "false",
+    "train.members": "1",  # one model's device layouts (auto would train these 600 rows as an 8-seed ensemble)
 }
 
 
