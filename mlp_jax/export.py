@@ -582,6 +582,10 @@ class ExportedPredictor(Predictor):
     def _fast_records(self, rows: Any) -> None:
         return None
 
+    def record_encoder(self) -> None:
+        """None: this predictor's input is the raw matrix, not the preprocessed model matrix."""
+        return None
+
     def _encode_frame(self, frame: Any, row_offset: int) -> tuple[np.ndarray, dict[str, int]]:
         self._check_frame(frame)
         try:

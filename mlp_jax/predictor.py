@@ -504,6 +504,10 @@ class Predictor:
                         return f"column {self.feature_names[j]!r}, row {i + row_offset}: expected a number, got {v!r}"
         return f"rows must be numbers: {error}"
 
+    def record_encoder(self) -> Any:
+        """The preprocessor's one-record encoder into this predictor's input (the model matrix), or None."""
+        return self.preprocessor.record_encoder() if self.preprocessor is not None else None
+
     def check_rows(self, rows: Any) -> np.ndarray:
         """Deprecated name of :meth:`encode` (kept for old callers)."""
         return self.encode(rows)

@@ -91,9 +91,12 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
     n_train = len(dataset.y_train)
 
     trained = [0]  # member-epochs trained by this call (a resumed run counts only its own)
+    first_epoch: list[int] = []  # the first epoch this call trained (a resume starts after 1)
 
     def on_epoch(report: Any) -> None:
         trained[0] += len(report.rows)
+        if report.rows and not first_epoch:
+            first_epoch.append(report.epoch)
         if report.rows:
             row = _mean_rows([[r] for r in report.rows.values()])[0]
             writer.write_scalars(row.pop("epoch"), row)
@@ -105,7 +108,10 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
                     flush=True,
                 )
 
-    result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
+    try:
+        result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
+    except sweep.SweepError as e:  # said as a run's refusal, not a sweep's
+        raise ConfigError(f"workdir: cannot resume the {k}-member ensemble in {workdir}: {e}") from None
     ids = list(range(k))
     step = sweep.save_artifact(result, ids, dataset, workdir, cfg, keep=None)
     group = result.groups[0]
@@ -122,7 +128,7 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
         compile_seconds=result.compile_seconds,
         train_seconds=result.train_seconds,
         train_samples_per_second=member_epochs * steps * resolved.train.batch_size / max(result.train_seconds, 1e-9),
-        resumed_from=None,
+        resumed_from=(first_epoch[0] - 1 if first_epoch else max(m.epochs_run for m in result.members)) or None,
         checkpoint_seconds=result.timings.get("checkpoint", 0.0),
         last_checkpoint=str(step),
         n_devices=result.n_devices,
@@ -158,6 +164,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         flush=True,
     )
 
+    members = auto_members(config, len(dataset.y_train), processes.num_processes)
+    check_workdir_kind(workdir, members)  # before tracking: a refused workdir leaves no MLflow run
+
     session = None
     writer = NullWriter()
     if config.tracking.enabled and primary:
@@ -168,8 +177,6 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         writer = session.writer
         timings["tracking_start"] = time.perf_counter() - t
 
-    members = auto_members(config, len(dataset.y_train), processes.num_processes)
-    check_workdir_kind(workdir, members)
     if members > 1:
         print(f"members: {members} seeds trained as one program, served as one ensemble (train.members)", flush=True)
     try:

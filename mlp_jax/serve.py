@@ -372,10 +372,10 @@ class Service:
         self.columns = predictor.output_columns()  # one /invocations record
         self.classes = list(predictor.classes)
         self.targets = list(predictor.targets)
-        pre = predictor.preprocessor
         # One row (a named record, or positional values of an all-numeric model): encoded in plain
         # Python, without pandas or per-column numpy (same bits; anything unusual takes the general path).
-        self._one_record = pre.record_encoder() if pre is not None else None
+        # None when the predictor's input is not the model matrix (an exported folder takes raw columns).
+        self._one_record = predictor.record_encoder()
         self._names = predictor.feature_names
 
     def check_count(self, n: int) -> None:

@@ -81,6 +81,7 @@ HOST_KEYS = ("train.patience", "train.min_delta")
 RESUMABLE_KEYS = (
     "train.epochs",
     "train.progress",
+    "train.compare_sklearn",
     "train.num_devices",
     "train.checkpoint_every",
     "dist.",
@@ -422,6 +423,10 @@ class _Store:
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, force=True)
 
+    def meta(self, step: int) -> dict[str, Any]:
+        """The step's JSON metadata alone (checked before any array is restored)."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
     def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
         abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), template)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
@@ -574,8 +579,9 @@ def _run_group(
     member_meta = [{"index": m.index, "values": {kk: _jsonable(v) for kk, v in m.values.items()}} for m in group]
     if store is not None and store.latest_step() is not None:
         step = store.latest_step()
+        # checked first: another member count would otherwise fail inside Orbax on the array shapes
+        _check_resume(store.meta(step), config, member_meta, dataset, store.directory, step)
         tree, meta = store.restore(step, {"train": states.arrays(), "best_params": best})
-        _check_resume(meta, config, member_meta, dataset, store.directory, step)
         states, best = states.with_arrays(tree["train"]), tree["best_params"]
         for s, d in zip(stoppers, meta["stoppers"], strict=True):
             s.best_loss = math.inf if d["best_loss"] is None else d["best_loss"]

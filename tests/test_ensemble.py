@@ -368,15 +368,25 @@ def test_runner_trains_members_as_one_ensemble_tracked_served_and_resumed(tmp_pa
         model.predict(frame).reset_index(drop=True), ens.predict_frame(frame).reset_index(drop=True)
     )
 
-    again = runner.run(C.apply_overrides(cfg, ["tracking.enabled=false"]), progress=False)
+    # a rerun resumes (train.compare_sklearn may change, as for one model) to the same numbers
+    again = runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.compare_sklearn=true"]), progress=False)
     for key in ("test_accuracy", "test_loss", "best_val_loss", "best_epoch", "checkpoint"):
         assert again[key] == summary[key], key
+    assert again["resumed_from_epoch"] == summary["epochs_run"]
+    before = sorted(os.listdir(tmp_path / "run"))
     with pytest.raises(C.ConfigError, match="holds an ensemble"):
         runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.members=1"]), progress=False)
+    with pytest.raises(C.ConfigError, match="cannot resume the 2-member ensemble"):  # named before Orbax sees shapes
+        runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.members=2"]), progress=False)
+    assert sorted(os.listdir(tmp_path / "run")) == before
     single = tiny_config(tmp_path, csv, workdir=str(tmp_path / "single"))
     runner.run(single, progress=False)
-    with pytest.raises(C.ConfigError, match="holds a single model"):
-        runner.run(C.apply_overrides(single, ["train.members=2"]), progress=False)
+    n_runs = len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]))
+    with pytest.raises(C.ConfigError, match="holds a single model"):  # refused before tracking opens a run
+        runner.run(C.apply_overrides(single, ["train.members=2", "tracking.enabled=true"]), progress=False)
+    assert (
+        len(MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])) == n_runs
+    )
 
 
 # ----------------------------------------------------------------------------- kill -9

@@ -234,6 +234,29 @@ def test_the_service_and_the_batch_command_take_the_exported_folder(cases, tmp_p
     _assert_close(outs[1][proba].to_numpy(), outs[0][proba].to_numpy(), PROBS_TOL)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_one_row_requests_to_an_exported_folder_match_the_checkpoint(cases, model):
+    """One named record (and, for an all-numeric model, one positional row) takes the service's
+    one-record path: on an exported folder that path must encode raw columns, not the model matrix."""
+    from litestar.testing import TestClient
+
+    from mlp_jax import serve
+
+    c = cases[model]
+    rows = c.frame.iloc[:3]
+    bodies = [{"features": r} for r in json.loads(rows.to_json(orient="records"))]
+    if c.reference.positional:
+        bodies += [{"features": list(r)} for r in rows.astype(float).to_numpy().tolist()]
+    want = c.reference.predict_outputs(rows)
+    with TestClient(serve.create_app(str(c.folder))) as client:
+        for i, body in enumerate(bodies):
+            r = client.post("/predict", json=body)
+            assert r.status_code == 200, r.text
+            got = r.json()
+            value = got["probabilities"] if "probabilities" in got else got["prediction"]
+            _assert_close(np.atleast_1d(np.asarray(value, np.float64)), c.reference.split(want)[0][i % 3], PROBS_TOL)
+
+
 def test_cli_exports_a_workdir_and_refuses_a_non_checkpoint(cases, tmp_path, capsys):
     workdir = cases["tiny"].reference.checkpoint.path.parent
     assert export.main(["--model", str(workdir), "--out", str(tmp_path / "out"), "--no-onnx"]) == 0

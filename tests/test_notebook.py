@@ -83,6 +83,7 @@ def tracked_run(folder: Path) -> SimpleNamespace:
         "train.batch_size": "32",
         "train.progress": "false",
         "train.compare_sklearn": "false",
+        "train.members": "1",  # one network (the ensemble path has its own tests; this one times the notebook)
         "tracking.uri": uri,
     }
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}

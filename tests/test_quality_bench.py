@@ -93,7 +93,7 @@ def test_seed_ensemble_contender_is_the_mean_of_one_program(tmp_path):
             "--tables",
             "iris",
             "--contenders",
-            "ours,ours 8 seeds,linear",
+            "ours 8 seeds,linear",
             "--out",
             str(tmp_path / "h.md"),
         ]
