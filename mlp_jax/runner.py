@@ -10,6 +10,7 @@ and prints where everything is.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -69,7 +70,8 @@ def _mean_rows(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for epoch in sorted(by_epoch):
         rows = by_epoch[epoch]
         keys = [k for k in rows[0] if k not in ("epoch", "ensemble_members")]
-        mean = {k: float(np.mean([r[k] for r in rows if r.get(k) is not None])) for k in keys}
+        values = {k: [r[k] for r in rows if r.get(k) is not None and math.isfinite(r[k])] for k in keys}
+        mean = {k: float(np.mean(v)) for k, v in values.items() if v}  # a non-finite member is left out
         out.append({"epoch": epoch, **mean, "members_active": len(rows)})
     return out
 
@@ -112,7 +114,11 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
         result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
     except sweep.SweepError as e:  # said as a run's refusal, not a sweep's
         raise ConfigError(f"workdir: cannot resume the {k}-member ensemble in {workdir}: {e}") from None
-    ids = list(range(k))
+    ids = [m.index for m in result.members if math.isfinite(m.best_val_loss)]
+    if not ids:
+        raise train.NonFiniteLossError(f"every one of the {k} members' losses was non-finite from the first epoch")
+    if len(ids) < k:  # a member whose loss went NaN/inf before any finite best is left out, and said so
+        print(f"members {sorted(set(range(k)) - set(ids))} never had a finite validation loss: left out", flush=True)
     step = sweep.save_artifact(result, ids, dataset, workdir, cfg, keep=None)
     group = result.groups[0]
     resolved = resolve_auto(config, n_train)

@@ -389,6 +389,17 @@ def test_runner_trains_members_as_one_ensemble_tracked_served_and_resumed(tmp_pa
     )
 
 
+def test_runner_members_that_all_diverge_are_a_named_error(tmp_path):
+    from mlp_jax import runner, train
+    from tests.helpers import tiny_config
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    cfg = tiny_config(tmp_path, csv, **{"train.members": "2", "optim.learning_rate": "1e30", "model.dropout": "0"})
+    with pytest.raises(train.NonFiniteLossError, match="every one of the 2 members"):
+        runner.run(cfg, progress=False)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 

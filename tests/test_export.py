@@ -234,7 +234,7 @@ def test_the_service_and_the_batch_command_take_the_exported_folder(cases, tmp_p
     _assert_close(outs[1][proba].to_numpy(), outs[0][proba].to_numpy(), PROBS_TOL)
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", ["tiny", "penguins", "regression-ensemble"])  # all-numeric, text+gaps, ensemble
 def test_one_row_requests_to_an_exported_folder_match_the_checkpoint(cases, model):
     """One named record (and, for an all-numeric model, one positional row) takes the service's
     one-record path: on an exported folder that path must encode raw columns, not the model matrix."""
