@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             stopped = "".join(f", member {i} stopped ({why})" for i, why in r.stopped.items())
             print(
-                f"group {r.group} epoch {r.epoch}: {len(r.active)} active, best val loss {best:.4f}{stopped}",
+                f"group {r.group} epoch {r.epoch}: {len(r.active)} active, lowest val loss this epoch {best:.4f}{stopped}",
                 flush=True,
             )
 
