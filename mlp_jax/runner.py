@@ -215,13 +215,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
                 ),
             }
             if members > 1:  # the ensemble's own validation numbers (what the champion gate compares)
-                val_probs = outputs(dataset.x_val)
-                best_val = {
-                    "best_val_loss": float(
-                        evaluate.classification_report(dataset.y_val, val_probs, dataset.classes)["log_loss"]
-                    ),
-                    "best_val_accuracy": float(np.mean(val_probs.argmax(axis=1) == dataset.y_val)),
-                }
+                from mlp_jax.sweep import ensemble_scores
+
+                best_val = ensemble_scores(dataset.task, dataset.y_val, outputs(dataset.x_val), "best_val_")
             figures = [
                 lambda: evaluate.plot_confusion_matrix(
                     report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"
@@ -249,7 +245,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
                 "best_val_r2": val["r2"],
             }
             if members > 1:  # the ensemble's validation MSE (standardised), not the members' mean curve
-                best_val["best_val_loss"] = float(np.mean(np.square(val_out - dataset.y_val)))
+                from mlp_jax.sweep import ensemble_scores
+
+                best_val["best_val_loss"] = ensemble_scores(dataset.task, dataset.y_val, val_out)["loss"]
             figures = [
                 lambda: evaluate.plot_predicted_vs_actual(
                     y_test, pred_test, dataset.target_names, plots / "predicted_vs_actual.png"
