@@ -161,8 +161,9 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     classify = dataset.task == "classification"
     metric = "log_loss" if classify else "rmse"  # what the comparison and the gate use (RMSE: original units)
     ensemble: dict[str, Any] = {}
-    top = sweep.top_k(result, TOP)
-    if top:  # the global top-5 (any groups) against the best member, as printed since the first sweep
+    k = config.sweep.ensemble_top_k
+    top = sweep.top_k(result, k if k > 1 else TOP)
+    if top:  # the global top-k (any groups; k = sweep.ensemble_top_k, else 5) against the best member
         ids = [m.index for m in top]
         for split in ("val", "test"):
             x = getattr(dataset, f"x_{split}")
@@ -178,7 +179,6 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
 
     models: dict[str, Any] = {}
     tracked: dict[str, Any] = {}
-    k = config.sweep.ensemble_top_k
     plan = [("best_member", "best-member", 1)] + ([("ensemble", f"ensemble-top{k}", k)] if k > 1 else [])
     for key, folder, n in plan:
         ids = sweep.ensemble_members(result, n)

@@ -95,6 +95,9 @@ def test_tracked_sweep_has_parent_children_and_two_registered_models(tracked_swe
     ranked = sorted(summary["members"], key=lambda r: (r["best_val_loss"], r["member"]))
     assert best["members"] == [ranked[0]["member"]]
     assert len(ens["members"]) == K and ens["members"][0] == best["members"][0]
+    # the printed comparison is the top-K of sweep.ensemble_top_k (here one group: the saved ensemble)
+    assert summary["ensemble"]["top"] == ens["members"]
+    assert summary["ensemble"][f"top{K}_val_log_loss"] == pytest.approx(ens["val_loss"])
     versions = {str(v.version): v for v in client.search_model_versions(f"name='{MODEL}'")}
     assert len(versions) == 2
     assert versions[best["model_version"]].run_id == by_member[best["members"][0]].info.run_id
@@ -407,7 +410,6 @@ def _env() -> dict[str, str]:
     return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "MLP_JAX_COMPILATION_CACHE": "off",
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
 
