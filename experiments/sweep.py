@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
+    from mlp_jax import compilation_cache, sweep
     from mlp_jax import data as data_lib
-    from mlp_jax import sweep
     from mlp_jax.runner import check_workdir, write_json_atomic
 
+    compilation_cache.enable()  # as runner.run: a rerun (or a resume) reads its programs from disk
     t0 = time.perf_counter()
     workdir = Path(config.resolved_workdir).resolve()
     errors: tuple[type[BaseException], ...] = (ConfigError, data_lib.DataError, sweep.SweepError)

@@ -7,20 +7,32 @@ JAX runs on the CPU in tests, with strict rank promotion so silent broadcasting 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
+if "MLP_JAX_COMPILATION_CACHE" not in os.environ:
+    # One persistent compilation cache for the whole session, never the user's: made by the
+    # first process (pytest itself, before xdist starts its workers, which inherit the variable),
+    # shared by the workers and every subprocess they start (runs, servers, notebooks), removed
+    # at exit. The tests compile the same tiny programs over and over; a hit loads the
+    # executable XLA compiled before, so bitwise comparisons between runs are unaffected.
+    _cache = tempfile.mkdtemp(prefix="mlp-jax-tests-jax-cache-")
+    os.environ["MLP_JAX_COMPILATION_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 import jax
 import pytest
 
+from mlp_jax import compilation_cache
 from tests.helpers import tiny_config, write_tiny_csv
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+compilation_cache.enable()  # in-process compiles too (train.fit, sweeps, predictors), not only runner.run
 
 
 @pytest.fixture

@@ -254,7 +254,7 @@ def free_port() -> int:
 def real_server(workdir: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, int]]:
     """``python -m mlp_jax.serve`` in its own process group on a free port, ready; killed if left running."""
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "mlp_jax.serve", "--model", str(workdir), "--port", str(port), *flags]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

@@ -33,7 +33,7 @@ COMMON = {
 
 
 def _env(devices: int = 1) -> dict[str, str]:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env["XLA_FLAGS"] = EIGHT if devices == 8 else ""
     return env
 

@@ -10,7 +10,7 @@ from tests.helpers import ROOT, write_tiny_csv
 
 pytestmark = pytest.mark.slow  # end to end: subprocesses, servers, whole runs
 
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "MLP_JAX_COMPILATION_CACHE": "off"}
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _baseline(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -275,7 +275,7 @@ def test_baseline_tracks_into_the_default_store_in_the_cwd_and_untracked_runs_ne
         f"sys.exit(baseline.main({[*common, 'workdir=run']!r}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(JAX_PLATFORMS="cpu", MLP_JAX_COMPILATION_CACHE="off", PYTHONPATH=str(ROOT))
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
     )
