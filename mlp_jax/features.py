@@ -36,6 +36,7 @@ Parquet, a JSON request or a CSV body, so training and prediction agree.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
@@ -84,6 +85,8 @@ ID_UNIQUE_RATIO = 0.95
 MIN_ID_UNIQUE = 20
 MISSING_SLOT, UNKNOWN_SLOT = 0, 1
 _IQR_TO_STD = 1.349  # IQR of a standard normal
+#: Largest regression target magnitude: squared errors of larger values overflow float64 (1e308).
+MAX_TARGET_MAGNITUDE = 1e150
 
 
 class FeatureError(ValueError):
@@ -148,6 +151,56 @@ def embedding_width(cardinality: int, onehot_max: int, max_dim: int) -> int:
 
 
 # ----------------------------------------------------------------------------- value helpers
+
+
+def _std(x: np.ndarray) -> float:
+    """``x.std()``, or, where that overflows (values past ~1e154), the same computed on ``x / max|x|``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        std = float(x.std())
+    if math.isfinite(std):
+        return std
+    peak = float(np.abs(x).max())
+    return peak * float((x / peak).std())
+
+
+#: Share of a text column's non-missing cells that must read as numbers for it to count as a
+#: numeric column spoiled by a few text cells (placeholders such as "?" or "-").
+NUMERIC_TEXT_SHARE = 0.9
+
+
+def _numeric_text(values: pd.Series, null: np.ndarray) -> str | None:
+    """Why a text column looks like numbers gone wrong, or None.
+
+    Two cases: nearly every cell (:data:`NUMERIC_TEXT_SHARE`) is a number and the rest are
+    text placeholders, or the cells are numbers written with thousands separators ("1,234.5").
+    """
+    present = values[~null]
+    if not len(present):
+        return None
+    text = present.astype(str).str.strip()
+    parsed = pd.to_numeric(text, errors="coerce").notna().to_numpy()
+    if parsed.all():
+        return None
+    rows = present.index  # the training frame's labels: 0-based data rows of the file
+    share = parsed.mean()
+    if share >= NUMERIC_TEXT_SHARE:
+        bad = np.flatnonzero(~parsed)
+        shown = ", ".join(f"{text.iloc[i]!r} (data row {rows[i]})" for i in bad[:3])
+        return (
+            f"holds numbers except {len(bad)} cell(s) of text: {shown}; if those mean 'missing', make "
+            "the cells empty (empty cells are missing values), or list the column in data.categorical "
+            "to treat every value as a category"
+        )
+    grouped = text.str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
+    if grouped.any() and pd.to_numeric(text.str.replace(",", "", regex=False), errors="coerce").notna().mean() >= (
+        NUMERIC_TEXT_SHARE
+    ):
+        i = int(np.flatnonzero(grouped.to_numpy())[0])
+        return (
+            f"holds numbers written with thousands separators (e.g. {text.iloc[i]!r}, data row {rows[i]}): "
+            "write them without separators (1234.5)"
+        )
+    return None
 
 
 def _null_mask(values: pd.Series) -> np.ndarray:
@@ -333,12 +386,17 @@ class Preprocessor:
                 specs.append(cls._fit_boolean(name, values, n_missing, cfg))
             elif _is_text(values):
                 n_unique = int(values[~null].nunique())
+                numeric_text = _numeric_text(values, null)
                 if n_unique > MIN_ID_UNIQUE and n_unique >= ID_UNIQUE_RATIO * (len(values) - n_missing):
+                    if numeric_text:  # a number column spoiled by a few text cells, not an identifier
+                        raise FeatureError(f"column {name!r} {numeric_text}", name)
                     raise FeatureError(
                         f"column {name!r} looks like an identifier or free text ({n_unique} distinct values in "
                         f"{len(values) - n_missing} rows): drop it with data.drop={name}",
                         name,
                     )
+                if numeric_text:
+                    notes.append(f"{name}: treated as categories, but it {numeric_text}")
                 specs.append(cls._fit_categorical(name, values, "text", cfg))
             else:
                 missing_counts[name] = n_missing
@@ -357,7 +415,7 @@ class Preprocessor:
         x = _numbers(values, name)
         x = x[~np.isnan(x)]
         median = float(np.median(x))
-        std = float(x.std())
+        std = _std(x)
         if np.ptp(x) == 0:
             center, scale = median, 0.0
         elif cfg.scaling == "robust":
@@ -546,7 +604,6 @@ class Preprocessor:
         path, which also words every error. ~10 us for a penguins-sized record instead of
         ~100 us (per-column numpy) or ~0.5 ms (a pandas frame).
         """
-        import math
 
         nulls = frozenset(NULL_TOKENS)
         clip = float(self.clip)
@@ -712,7 +769,8 @@ class TargetSpec:
         """Classes from every row given (so none is missing from a split); statistics from ``frame``.
 
         Raises FeatureError for a non-integer float classification target, fewer than two classes,
-        or a non-numeric regression target.
+        or a regression target that is not numeric, not finite, constant in ``frame``, or larger
+        in magnitude than :data:`MAX_TARGET_MAGNITUDE`.
         """
         names = tuple(names)
         if task == "classification":
@@ -725,8 +783,22 @@ class TargetSpec:
                 )
             return cls(task, names, classes=classes)
         y = cls._numeric_targets(frame, names)
+        for j, name in enumerate(names):
+            peak = float(np.abs(y[:, j]).max()) if len(y) else 0.0
+            if peak > MAX_TARGET_MAGNITUDE:
+                raise FeatureError(
+                    f"regression target column {name!r} has values up to {peak:.3g} in magnitude; beyond "
+                    f"{MAX_TARGET_MAGNITUDE:.0e} its squared errors (MSE, RMSE, R²) overflow float64: rescale the "
+                    "column (e.g. divide it by a power of ten) and train on that",
+                    name,
+                )
+            if len(y) and np.ptp(y[:, j]) == 0:
+                raise FeatureError(
+                    f"regression target column {name!r} is constant in the training rows (every value is "
+                    f"{y[0, j]:g}): there is nothing to learn",
+                    name,
+                )
         mean, std = y.mean(axis=0), y.std(axis=0)
-        std[std <= 0] = 1.0
         return cls(task, names, mean=tuple(map(float, mean)), scale=tuple(map(float, std)))
 
     @staticmethod

@@ -272,3 +272,46 @@ def test_regression_target_statistics_and_decode():
     assert y.shape == (4, 2) and y.dtype == np.float32
     np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(spec.decode(y), frame.to_numpy(), rtol=1e-6)
+
+
+def test_numbers_spoiled_by_placeholders_or_separators_are_named_not_called_identifiers(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    x = pd.Series(rng.normal(size=n).round(4).astype(str))
+    x[[17, 40]] = ["?", "-"]  # UCI-style "missing" marks in a numeric column
+    frame = pd.DataFrame({"x1": x, "y": rng.integers(0, 2, n)})
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    with pytest.raises(D.DataError, match=r"'x1' holds numbers except \d cell\(s\) of text: '\?' \(data row 17\)") as e:
+        D.prepare(C.DataConfig(path=str(path), target="y"), 0, verbose=False)
+    assert "identifier" not in str(e.value) and "make the cells empty" in str(e.value)
+    grouped = frame.assign(x1=[f"{v:,.2f}" for v in rng.uniform(1_000, 1e6, n)])
+    with pytest.raises(FeatureError, match=r"'x1' holds numbers written with thousands separators"):
+        Preprocessor.fit(grouped, cfg(target="y"))
+    # few distinct values: still categories, with a note saying why it may not be what was meant
+    rating = frame.assign(x1=rng.integers(1, 6, n).astype(str))
+    rating.loc[3, "x1"] = "?"
+    pre = Preprocessor.fit(rating, cfg(target="y"))
+    assert pre.categorical_columns == ("x1",)
+    assert any(note.startswith("x1: treated as categories, but it holds numbers except 1") for note in pre.notes)
+    assert Preprocessor.fit(frame.assign(x1=rng.choice(["a", "b"], n)), cfg(target="y")).notes == ()
+
+
+def test_regression_targets_that_are_constant_or_overflow_are_refused_by_name():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [5.0, 5.0, 5.0, 5.0]})
+    with pytest.raises(FeatureError, match=r"'b' is constant in the training rows \(every value is 5\)"):
+        TargetSpec.fit(frame, "regression", ["a", "b"])
+    huge = frame.assign(b=[1e190, -3e190, 2e190, 5e189])
+    with pytest.raises(FeatureError, match=r"'b' has values up to 3e\+190 .*overflow float64: rescale"):
+        TargetSpec.fit(huge, "regression", ["a", "b"])
+    spec = TargetSpec.fit(frame.assign(b=[1e149, -3e149, 2e149, 5e148]), "regression", ["a", "b"])
+    assert all(np.isfinite(spec.scale)) and spec.scale[1] > 0
+
+
+def test_feature_scale_of_huge_numbers_is_finite():
+    frame = pd.DataFrame({"big": [0.0, 0.0, 0.0, 0.0, 0.0, 3e200, -2e200, 0.0], "y": [0, 1] * 4})
+    pre = Preprocessor.fit(frame, cfg(target="y"))  # IQR 0: falls back to the standard deviation
+    (spec,) = pre.columns
+    assert np.isfinite(spec.scale) and spec.scale > 1e199
+    z = pre.transform(frame).x[:, 0]
+    assert np.isfinite(z).all() and z[5] > 0 > z[6]
