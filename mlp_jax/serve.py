@@ -227,7 +227,27 @@ def _check_cells(row: list[Any], what: str) -> None:
             raise InvalidInput(f"{what}, value {j}: expected a number, text or null, got {type(v).__name__}")
 
 
-def _frame_from_records(records: list[Any], features: tuple[str, ...], what: str) -> Any:
+def numeric_columns(predictor: Any) -> frozenset[str]:
+    """The input columns that take numbers (JSON numbers or null only, see :func:`check_numbers`)."""
+    return frozenset(r["name"] for r in predictor.roles if r["role"] == "numeric")
+
+
+def check_numbers(values: list[Any], column: str, what: str) -> None:
+    """A numeric column's cells in a JSON body: numbers or null only.
+
+    JSON has types, so a string ("1.5") or a boolean (true) where a number belongs is the
+    client's mistake, refused by name, on every route and body shape alike (a CSV body or
+    file, which has no types, is read as training read it instead).
+    """
+    for i, v in enumerate(values):
+        t = type(v)
+        if not (v is None or t is float or t is int):
+            raise InvalidInput(f"{what}column {column!r}, row {i}: expected a number or null, got {v!r:.40}")
+
+
+def _frame_from_records(
+    records: list[Any], features: tuple[str, ...], what: str, numeric: frozenset[str] = frozenset()
+) -> Any:
     import pandas as pd
 
     for i, rec in enumerate(records):
@@ -237,10 +257,13 @@ def _frame_from_records(records: list[Any], features: tuple[str, ...], what: str
         if missing:
             raise InvalidInput(f"{what}[{i}] is missing feature column(s): {', '.join(missing)} (row {i})")
         _check_cells([rec[f] for f in features], f"{what}[{i}]")
-    return pd.DataFrame({f: pd.Series([r[f] for r in records], dtype=object) for f in features})
+    columns = {f: [r[f] for r in records] for f in features}
+    for f in numeric:
+        check_numbers(columns[f], f, f"{what}: ")
+    return pd.DataFrame({f: pd.Series(v, dtype=object) for f, v in columns.items()})
 
 
-def _frame_from_split(split: DataframeSplit, features: tuple[str, ...]) -> Any:
+def _frame_from_split(split: DataframeSplit, features: tuple[str, ...], numeric: frozenset[str] = frozenset()) -> Any:
     import pandas as pd
 
     seen: set[str] = set()
@@ -256,10 +279,13 @@ def _frame_from_split(split: DataframeSplit, features: tuple[str, ...]) -> Any:
         if len(row) != width:
             raise InvalidInput(f"dataframe_split.data[{i}] has {len(row)} values, expected {width} (one per column)")
     where = {c: j for j, c in enumerate(split.columns)}
-    return pd.DataFrame({f: pd.Series([r[where[f]] for r in split.data], dtype=object) for f in features})
+    columns = {f: [r[where[f]] for r in split.data] for f in features}
+    for f in numeric:
+        check_numbers(columns[f], f, "dataframe_split: ")
+    return pd.DataFrame({f: pd.Series(v, dtype=object) for f, v in columns.items()})
 
 
-def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> Any:
+def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str, numeric: frozenset[str] = frozenset()) -> Any:
     """``instances`` / ``inputs``: a list of rows, a list of records, or columns ``{name: [values]}``."""
     import pandas as pd
 
@@ -275,11 +301,13 @@ def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> Any:
             raise InvalidInput(f"{what}: columns have different lengths {sorted(lengths)}")
         for f, c in zip(features, cols, strict=True):
             _check_cells(c, f"{what}[{f!r}]")
+            if f in numeric:
+                check_numbers(c, f, f"{what}: ")
         return pd.DataFrame({f: pd.Series(c, dtype=object) for f, c in zip(features, cols, strict=True)})
     if not isinstance(value, list):
         raise InvalidInput(f"{what}: expected a list of rows, got {type(value).__name__}")
     if value and all(isinstance(r, dict) for r in value):
-        return _frame_from_records(value, features, what)
+        return _frame_from_records(value, features, what, numeric)
     for i, r in enumerate(value):
         if not isinstance(r, list):
             raise InvalidInput(f"{what}[{i}]: expected a row (a list of {len(features)} values), got {r!r:.80}")
@@ -289,8 +317,13 @@ def _rows_from_tensor(value: Any, features: tuple[str, ...], what: str) -> Any:
     return value
 
 
-def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...]) -> Any:
-    """Rows from an MLflow scoring request (JSON or CSV); InvalidInput names what is wrong."""
+def parse_invocations(
+    body: bytes, content_type: str, features: tuple[str, ...], numeric: frozenset[str] = frozenset()
+) -> Any:
+    """Rows from an MLflow scoring request (JSON or CSV); InvalidInput names what is wrong.
+
+    ``numeric``: the columns whose JSON cells must be numbers or null (:func:`check_numbers`).
+    """
     mime, options = _media_type(content_type, "application/json, text/csv")
     if mime == "text/csv":
         from mlp_jax.data import DataError, read_csv_for_prediction, read_header
@@ -320,10 +353,10 @@ def parse_invocations(body: bytes, content_type: str, features: tuple[str, ...])
         raise InvalidInput(f"got {given or 'none of them'}: {MLFLOW_2_HINT}")
     key = given[0]
     if req.dataframe_split is not None:
-        return _frame_from_split(req.dataframe_split, features)
+        return _frame_from_split(req.dataframe_split, features, numeric)
     if req.dataframe_records is not None:
-        return _frame_from_records(req.dataframe_records, features, key)
-    return _rows_from_tensor(getattr(req, key), features, key)
+        return _frame_from_records(req.dataframe_records, features, key, numeric)
+    return _rows_from_tensor(getattr(req, key), features, key, numeric)
 
 
 # ----------------------------------------------------------------------------- bodies (DTOs)
@@ -349,8 +382,9 @@ class InvocationsBody(MsgspecDTO[InvocationsRequest]):
     def decode_bytes(self, value: bytes) -> Any:
         conn = self.asgi_connection
         try:
+            service = conn.app.state.service
             return parse_invocations(
-                value, conn.headers.get("content-type", ""), conn.app.state.predictor.feature_names
+                value, conn.headers.get("content-type", ""), service.predictor.feature_names, service.numeric
             )
         except InvalidInput as e:
             raise ClientException(detail=str(e), status_code=e.status) from None
@@ -377,6 +411,7 @@ class Service:
         # None when the predictor's input is not the model matrix (an exported folder takes raw columns).
         self._one_record = predictor.record_encoder()
         self._names = predictor.feature_names
+        self.numeric = numeric_columns(predictor)  # JSON cells there: numbers or null only
 
     def check_count(self, n: int) -> None:
         if n == 0:
@@ -413,6 +448,9 @@ class Service:
                     if not (v is None or type(v) is float or type(v) is int):
                         col = names[j] if j < len(names) else f"#{j}"
                         raise InvalidInput(f"column {col!r}, row {i}: expected a number or null, got {v!r:.40}")
+        if isinstance(rows, list) and rows and isinstance(rows[0], dict):  # named JSON records (/predict)
+            for f in self.numeric:
+                check_numbers([r.get(f) for r in rows if isinstance(r, dict)], f, "")
         try:
             x, unknown = self.predictor.encode_counted(rows)
         except PredictorError as e:

@@ -206,6 +206,22 @@ BAD_INVOCATIONS = [
     ({"inputs": {c: [0.5] * (2 if c == "feature_3" else 1) for c in COLS}}, 400, "different lengths"),
     ({"inputs": 3}, 400, "expected a list of rows, got int"),
     ({"instances": [[*ROW[:5], True]]}, 400, "column 'feature_5', row 0: expected a number or null, got True"),
+    # JSON types are checked alike whatever the body shape: a boolean or a string is not a number
+    (
+        {"dataframe_split": {"columns": COLS, "data": [ROW, [*ROW[:5], True]]}},
+        400,
+        "dataframe_split: column 'feature_5', row 1: expected a number or null, got True",
+    ),
+    (
+        {"dataframe_records": [dict(zip(COLS, [*ROW[:5], "1.5"], strict=True))]},
+        400,
+        "dataframe_records: column 'feature_5', row 0: expected a number or null, got '1.5'",
+    ),
+    (
+        {"inputs": {c: [0.5, False if c == "feature_2" else 0.5] for c in COLS}},
+        400,
+        "inputs: column 'feature_2', row 1: expected a number or null, got False",
+    ),
     ({"instances": [[*ROW[:5], float("inf")]]}, 400, "malformed JSON"),
     ({"instances": [ROW] * (MAX_ROWS + 1)}, 413, "too many rows"),
     ({"instances": [ROW], "inputs": [ROW]}, 400, "exactly one of the keys 'dataframe_split', 'dataframe_records'"),
@@ -557,6 +573,19 @@ TABLE_FAULTS = [
     ("/invocations", {"dataframe_records": [PENGUIN, {**PENGUIN, "year": "last"}]}, "column 'year', row 1"),
     ("/invocations", {"dataframe_records": [{k: v for k, v in PENGUIN.items() if k != "island"}]}, "island (row 0)"),
     ("/invocations", {"inputs": {**{k: [v] for k, v in PENGUIN.items()}, "flipper_length_mm": ["x"]}}, "row 0"),
+    # a boolean or a numeric string in a numeric column of a model with text columns: refused as well
+    ("/predict", {"features": {**PENGUIN, "bill_length_mm": True}}, "'bill_length_mm', row 0: expected a number"),
+    ("/predict", {"instances": [PENGUIN, {**PENGUIN, "year": "2008"}]}, "'year', row 1: expected a number or null"),
+    (
+        "/invocations",
+        {
+            "dataframe_split": {
+                "columns": list(PENGUIN),
+                "data": [[True if k == "year" else v for k, v in PENGUIN.items()]],
+            }
+        },
+        "column 'year', row 0: expected a number or null, got True",
+    ),
 ]
 
 
