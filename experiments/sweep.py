@@ -190,6 +190,12 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
                     f"{len(ids)} member(s); an ensemble artifact stacks members of one program"
                 )
             continue
+        if key == "ensemble" and len(ids) < n:  # the folder says what it holds
+            folder = f"ensemble-top{len(ids)}"
+            print(
+                f"sweep.ensemble_top_k={n}, but the best member's program has {len(ids)} finite member(s): "
+                f"the ensemble holds those {len(ids)}"
+            )
         step = sweep.save_artifact(result, ids, dataset, workdir / folder, config)
         val = _scores(dataset, "val", result.predict(dataset.x_val, ids)[0])
         test = _scores(dataset, "test", result.predict(dataset.x_test, ids)[0])

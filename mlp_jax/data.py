@@ -194,6 +194,24 @@ def _csv_input(source: str | os.PathLike | bytes) -> Any:
     return io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
 
 
+def delimiter_hint(columns: list[str]) -> str:
+    """``"; ..."`` advice when a CSV header read as one column holds another delimiter, else ``""``.
+
+    A semicolon- or tab-separated file read as CSV has a single column whose name is the whole
+    header line (``x1;x2;label``), so every named column looks missing.
+    """
+    if len(columns) != 1:
+        return ""
+    for sep, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+        if sep in columns[0]:
+            return (
+                f" (the header is one column holding {name}: the file looks {name}-separated; CSV files "
+                "must be comma-separated, e.g. re-save it with pandas: "
+                f"pd.read_csv(path, sep={sep!r}).to_csv(path, index=False), or as Parquet)"
+            )
+    return ""
+
+
 def read_table(
     source: str | os.PathLike | bytes,
     string_columns: Sequence[str] = (),
@@ -341,6 +359,7 @@ def load_table(cfg: DataConfig) -> Table:
     if absent:
         raise DataError(
             f"target column {absent[0]!r} not found in {p}; columns are: {', '.join(map(str, frame.columns))}"
+            f"{delimiter_hint([str(c) for c in frame.columns])}"
         )
     if frame.shape[1] - len(cfg.target_names) == 0:
         raise DataError(f"{p} has no feature columns besides the target {cfg.target!r}")

@@ -79,7 +79,7 @@ def plan_columns(header: list[str], predictor: Predictor, keep_features: bool) -
     if missing:
         raise BatchError(
             f"missing feature column(s): {', '.join(missing)} (the model expects {predictor.n_features} columns: "
-            f"{', '.join(predictor.feature_names)})"
+            f"{', '.join(predictor.feature_names)}){data.delimiter_hint(header)}"
         )
     passed = [c for c in header if keep_features or c not in features]
     produced = predictor.output_columns()

@@ -385,10 +385,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"\n{headline}  (best epoch {summary['best_epoch']} of {summary['epochs_run']}"
         f"{', stopped early' if summary['stopped_early'] else ''})"
     )
-    print(
-        f"training: {summary['train_samples_per_second']:,.0f} samples/s on {summary['n_devices']} device(s), "
-        f"compile {summary['compile_seconds']:.2f} s"
-    )
+    if summary["train_samples_per_second"] > 0:
+        print(
+            f"training: {summary['train_samples_per_second']:,.0f} samples/s on {summary['n_devices']} device(s), "
+            f"compile {summary['compile_seconds']:.2f} s"
+        )
+    else:  # a rerun of a finished run: restored, evaluated, nothing trained
+        print(f"training: none this time (the checkpoint had finished at epoch {summary['epochs_run']})")
     if "sklearn" in summary:
         sk = summary["sklearn"]
         if "test_r2" in sk:

@@ -258,3 +258,16 @@ def test_serving_a_damaged_step_fails_with_one_clear_line(tmp_path, tiny_csv):
         assert "Traceback" not in out.stderr and "Event loop is closed" not in out.stderr, out.stderr[-2000:]
         (line,) = [x for x in out.stderr.splitlines() if x.strip()]
         assert line.startswith("error: cannot serve") and "/2 is damaged or unreadable" in line
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_says_so(tmp_path, tiny_csv, capsys):
+    from mlp_jax import runner
+
+    cfg = tiny_config(tmp_path, tiny_csv, **{"train.epochs": "2"})
+    first = runner.run(cfg, progress=False)
+    again = runner.run(cfg, progress=False)
+    assert again["train_samples_per_second"] == 0 and again["test_loss"] == first["test_loss"]
+    capsys.readouterr()
+    runner.print_summary(again)
+    out = capsys.readouterr().out
+    assert "training: none this time (the checkpoint had finished at epoch 2)" in out and "0 samples/s" not in out

@@ -251,3 +251,12 @@ def test_from_frames_classes_come_from_train():
         D.from_frames(train, val, val, cfg)
     with pytest.raises(D.DataError, match="without a target"):
         D.from_frames(train, val.assign(label=None), val, cfg)
+
+
+@pytest.mark.parametrize(("sep", "word"), [(";", "semicolons"), ("\t", "tabs")])
+def test_a_file_with_another_delimiter_is_named_as_such(tmp_path, sep, word):
+    frame = pd.read_csv(write_tiny_csv(tmp_path / "t.csv"))
+    path = tmp_path / "other.csv"
+    frame.to_csv(path, sep=sep, index=False)
+    with pytest.raises(D.DataError, match=rf"target column 'target' not found.*the file looks {word}-separated"):
+        D.prepare(C.DataConfig(path=str(path)), 0, verbose=False)

@@ -442,3 +442,13 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
         assert a["models"][key]["members"] == b["models"][key]["members"]
         for x, y in zip(_params(a["models"][key]["checkpoint"]), _params(b["models"][key]["checkpoint"]), strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_a_top_k_larger_than_the_program_saves_and_names_what_it_holds(tmp_path, capsys):
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    args = _args(csv, tmp_path / "w", **{"sweep.ensemble_top_k": "8", "tracking.enabled": "false"})
+    assert sweep_experiment.main(args) == 0
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert len(summary["models"]["ensemble"]["members"]) == 4
+    assert (tmp_path / "w" / "ensemble-top4").is_dir() and not (tmp_path / "w" / "ensemble-top8").exists()
+    assert "sweep.ensemble_top_k=8, but the best member's program has 4 finite member(s)" in capsys.readouterr().out

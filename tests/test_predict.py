@@ -86,6 +86,10 @@ def _write(path: Path, text: str) -> Path:
         (lambda d, df: df.drop(columns=["feature_1", "feature_4"]), "missing feature column(s): feature_1, feature_4"),
         (lambda d, df: df.assign(prediction=1), "input column(s) prediction would clash"),
         (lambda d, df: df.rename(columns={"note": "id"}), "the header names column(s) more than once: 'id'"),
+        (
+            lambda d, df: _write(d / "semi.csv", df.to_csv(sep=";", index=False)),
+            "the header is one column holding semicolons: the file looks semicolons-separated",
+        ),
     ],
 )
 def test_bad_inputs_fail_with_a_message_and_no_output(tmp_path, predictor, frame, make, message):
