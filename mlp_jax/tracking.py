@@ -8,7 +8,8 @@ a new registry version and the champion/challenger gate. On failure it calls
 :meth:`Session.abort`, which marks the run FAILED and deletes a version it had begun.
 
 Store: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's default
-``sqlite:///<cwd>/mlflow.db`` with artifacts under ``./mlruns``.
+``sqlite:///<cwd>/mlflow.db`` with artifacts under ``./mlruns``. A SQLite store elsewhere keeps
+the artifacts of the experiments it creates beside the database (:func:`artifacts_beside`).
 
 Resumed training: the run id is kept in ``<workdir>/mlflow_run.json``. When training
 resumes from a checkpoint of a run that did not finish (crashed, killed, FAILED), the same
@@ -419,6 +420,21 @@ class Session:
         os.replace(tmp, workdir / RUN_FILE)
 
 
+def artifacts_beside(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: ``<folder of the database>/mlruns`` for a SQLite
+    store outside the working directory, else None (MLflow's default, ``./mlruns`` here).
+
+    MLflow resolves its default against the directory each run starts in, so runs of one
+    store started from different folders would scatter their artifacts (and registered
+    models) over those folders; beside the database they stay with the store.
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    folder = Path(uri[len(prefix) :]).expanduser().resolve().parent
+    return None if folder == Path.cwd().resolve() else (folder / "mlruns").as_uri()
+
+
 def _open_experiment(config: Config, uri: str) -> tuple[MlflowClient, Any]:
     """The client and the (created if missing) experiment; the registered model name is checked."""
     cfg = config.tracking
@@ -427,7 +443,7 @@ def _open_experiment(config: Config, uri: str) -> tuple[MlflowClient, Any]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is None:
-        client.create_experiment(cfg.experiment)
+        client.create_experiment(cfg.experiment, artifact_location=artifacts_beside(uri))
         experiment = client.get_experiment_by_name(cfg.experiment)
     elif experiment.lifecycle_stage != "active":
         raise TrackingError(

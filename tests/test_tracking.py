@@ -260,6 +260,22 @@ def test_locked_sqlite_store_fails_before_training(store):
 # ----------------------------------------------------------------------------- entry point and HTTP
 
 
+def test_a_sqlite_store_elsewhere_keeps_the_artifacts_beside_it(tmp_path, mlflow_db, monkeypatch):
+    """Runs started from another folder write their artifacts (plots, the model) beside the database."""
+    store, cwd = tmp_path / "store", tmp_path / "cwd"
+    store.mkdir()
+    cwd.mkdir()
+    uri = use_store(monkeypatch, cwd, mlflow_db(store))
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    summary = runner.run(tracked(tmp_path, csv, "run", **{"train.epochs": "2"}), progress=False)
+    run = MlflowClient(uri).get_run(summary["mlflow_run_id"])
+    assert run.info.artifact_uri.startswith((store / "mlruns").as_uri()), run.info.artifact_uri
+    assert any((store / "mlruns").rglob("loss_curve.png")) and any((store / "mlruns").rglob("MLmodel"))
+    assert not (cwd / "mlruns").exists()
+    assert tracking.artifacts_beside(f"sqlite:///{cwd / 'mlflow.db'}") is None  # the default layout, unchanged
+    assert tracking.artifacts_beside("http://127.0.0.1:5000") is None
+
+
 def test_baseline_tracks_into_the_default_store_in_the_cwd_and_untracked_runs_never_import_mlflow(tmp_path, mlflow_db):
     """With nothing configured: ./mlflow.db and ./mlruns in the working directory; with
     ``tracking.enabled=false`` mlflow is never imported (one process, to pay JAX's start-up once)."""
