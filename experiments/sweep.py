@@ -3,7 +3,8 @@
 Command (from the project root):
     python -m experiments.sweep [key=value ...]      # --help lists every key
 
-Any ``sweep.<key>=<values>`` replaces or adds an axis (``sweep.optim.weight_decay=0,1e-4``),
+Any ``sweep.<key>=<values>`` replaces or adds an axis (``sweep.optim.weight_decay=0,1e-4``;
+``/`` separates the values of a tuple-valued key: ``sweep.model.hidden_sizes=64,32/128``),
 ``sweep.samples=N`` with ``lo:hi`` ranges draws N members at random. Trains every member
 on the baseline synthetic split (one compiled program per shape), checkpoints in
 checkpoints/sweep/group-<g>/ (a rerun resumes), prints the member table and the top-k

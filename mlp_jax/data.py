@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mlp_jax.config import FRIEDMAN1_PATH, SYNTHETIC_PATH, DataConfig
-from mlp_jax.features import FeatureError, NumericSpec, Preprocessor, TargetSpec
+from mlp_jax.features import FeatureError, NumericSpec, Preprocessor, TargetSpec, shown_name
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +358,7 @@ def load_table(cfg: DataConfig) -> Table:
     absent = [t for t in cfg.target_names if t not in frame.columns]
     if absent:
         raise DataError(
-            f"target column {absent[0]!r} not found in {p}; columns are: {', '.join(map(str, frame.columns))}"
+            f"target column {absent[0]!r} not found in {p}; columns are: {', '.join(shown_name(str(c)) for c in frame.columns)}"
             f"{delimiter_hint([str(c) for c in frame.columns])}"
         )
     if frame.shape[1] - len(cfg.target_names) == 0:

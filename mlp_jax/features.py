@@ -203,6 +203,11 @@ def _numeric_text(values: pd.Series, null: np.ndarray) -> str | None:
     return None
 
 
+def shown_name(name: str) -> str:
+    """A column name in a message: as is, or quoted when spaces around it would otherwise be invisible."""
+    return repr(name) if name != name.strip() or not name else name
+
+
 def _null_mask(values: pd.Series) -> np.ndarray:
     """True where a value is missing: None/NaN/NA, or a CSV null token in text."""
     mask = values.isna().to_numpy()
@@ -361,7 +366,7 @@ class Preprocessor:
             if unknown:
                 raise FeatureError(
                     f"{key} names column(s) not in the table: {', '.join(map(repr, unknown))}; "
-                    f"columns are: {', '.join(names)}"
+                    f"columns are: {', '.join(shown_name(n) for n in names)}"
                 )
         skip = set(cfg.target_names) | set(cfg.drop)
         inputs = [c for c in names if c not in skip]
@@ -858,4 +863,5 @@ __all__ = [
     "TargetSpec",
     "Transformed",
     "embedding_width",
+    "shown_name",
 ]

@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
 
     compilation_cache.enable()
     try:
+        if args.no_progress:  # MLflow's own bar when a models:/ or runs:/ URI is downloaded
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         predictor = load_predictor(args.model)
     except CheckpointError as e:
         print(f"error: cannot load --model {args.model}: {e}", file=sys.stderr)

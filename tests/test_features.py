@@ -315,3 +315,9 @@ def test_feature_scale_of_huge_numbers_is_finite():
     assert np.isfinite(spec.scale) and spec.scale > 1e199
     z = pre.transform(frame).x[:, 0]
     assert np.isfinite(z).all() and z[5] > 0 > z[6]
+
+
+def test_names_with_surrounding_spaces_are_quoted_in_the_column_list():
+    frame = pd.DataFrame({" x 2 ": [1.0, 2.0, 3.0], "x1": [1.0, 2.0, 4.0], "label": [0, 1, 0]})
+    with pytest.raises(FeatureError, match=r"columns are: ' x 2 ', x1, label"):
+        Preprocessor.fit(frame, cfg(drop=("x 2",)))
