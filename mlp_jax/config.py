@@ -369,6 +369,15 @@ def validate(c: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: {msg} (got {to_flat_dict(c)[key]!r})")
 
+    # every float (and float item of a tuple) must be finite: inf / nan slip past range checks
+    # such as ``x > 0`` (inf) or reach the step and poison every parameter (nan)
+    for key, (tp, value) in field_specs(c).items():
+        items = value if isinstance(value, tuple) else (value,)
+        if (tp is float or (_is_tuple(tp) and float in typing.get_args(tp))) and not all(
+            np.isfinite(float(v)) for v in items
+        ):
+            raise ConfigError(f"{key}: must be a finite number (got {value!r})")
+
     d, m, o, t = c.data, c.model, c.optim, c.train
     need(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     need(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
@@ -410,6 +419,7 @@ def validate(c: Config) -> None:
         "train.members",
         "a sweep's members are its grid: leave train.members at auto or 1 with sweep.<key>=<values>",
     )
+    need(t.huber_delta > 0, "train.huber_delta", "must be > 0")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     need(c.sweep.samples >= 0, "sweep.samples", "must be >= 0")
     need(not c.sweep.samples or bool(c.sweep.axes), "sweep.samples", "needs at least one sweep.<key>=<values>")

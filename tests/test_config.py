@@ -130,3 +130,25 @@ def test_explicit_budget_is_kept_and_resolution_is_deterministic():
     r = C.resolve_auto(cfg, 500).train
     assert (r.batch_size, r.epochs, r.patience) == (64, 200, 0)  # patience 0 = never stop early, not auto
     assert C.resolve_auto(cfg, 500) == C.resolve_auto(cfg, 500) == C.resolve_auto(C.resolve_auto(cfg, 500), 500)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5"])
+def test_huber_delta_must_be_positive(value):
+    with pytest.raises(C.ConfigError, match=r"train\.huber_delta: must be > 0"):
+        C.apply_overrides(C.Config(), ["data.task=regression", "train.loss=huber", f"train.huber_delta={value}"])
+    assert C.apply_overrides(C.Config(), ["train.huber_delta=0.5"]).train.huber_delta == 0.5
+
+
+def test_every_float_key_must_be_finite():
+    floats = [k for k, (tp, _) in C.field_specs(C.Config()).items() if tp is float]
+    assert "optim.learning_rate" in floats and "train.huber_delta" in floats
+    for key in floats:
+        for bad in ("inf", "-inf", "nan"):
+            with pytest.raises(C.ConfigError, match=rf"^{re.escape(key)}: must be a finite number"):
+                C.apply_overrides(C.Config(), [f"{key}={bad}"])
+    # a sweep value too (each value is validated as its key)
+    with pytest.raises(C.ConfigError, match=r"optim\.learning_rate: must be a finite number"):
+        C.apply_overrides(C.Config(), ["sweep.optim.learning_rate=1e-3,inf"])
+    # and a config built in code, not only from overrides
+    with pytest.raises(C.ConfigError, match=r"optim\.momentum: must be a finite number"):
+        C.validate(dataclasses.replace(C.Config(), optim=C.OptimConfig(momentum=float("nan"))))
