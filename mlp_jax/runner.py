@@ -116,7 +116,9 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
         raise ConfigError(f"workdir: cannot resume the {k}-member ensemble in {workdir}: {e}") from None
     ids = [m.index for m in result.members if math.isfinite(m.best_val_loss)]
     if not ids:
-        raise train.NonFiniteLossError(f"every one of the {k} members' losses was non-finite from the first epoch")
+        raise train.NonFiniteLossError(
+            f"every one of the {k} members' losses was non-finite from the first epoch; lower optim.learning_rate"
+        )
     if len(ids) < k:  # a member whose loss went NaN/inf before any finite best is left out, and said so
         print(f"members {sorted(set(range(k)) - set(ids))} never had a finite validation loss: left out", flush=True)
     step = sweep.save_artifact(result, ids, dataset, workdir, cfg, keep=None)

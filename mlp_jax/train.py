@@ -42,7 +42,7 @@ Metrics = dict[str, jax.Array]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+    """Training produced a NaN/inf loss; the last good checkpoint, when one was written, is kept."""
 
 
 class TrainState(struct.PyTreeNode):
@@ -355,6 +355,20 @@ class FitResult:
         return {"batch_size": t.batch_size, "epochs": t.epochs, "patience": t.patience} if t else {}
 
 
+def _kept(workdir: str | None, last_saved: int, epoch: int, every: int) -> str:
+    """What a divergence at ``epoch`` leaves behind, for :class:`NonFiniteLossError`'s message."""
+    if workdir is None:
+        return "nothing was saved (no workdir); lower optim.learning_rate"
+    if last_saved:
+        return f"the last good checkpoint (epoch {last_saved}) is kept in {workdir}"
+    if epoch == 1:
+        return "no checkpoint was written: it diverged in the first epoch; lower optim.learning_rate"
+    return (
+        f"no checkpoint was written: it diverged before the first one (train.checkpoint_every={every}); "
+        "lower optim.learning_rate"
+    )
+
+
 def fit(
     config: Config,
     dataset: Dataset,
@@ -433,7 +447,7 @@ def fit(
             if not (math.isfinite(train_m["loss"]) and math.isfinite(val_m["loss"])):
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch} (train {train_m['loss']}, val {val_m['loss']}); "
-                    f"stopped; the last good checkpoint (epoch {last_saved}) is kept in {workdir}"
+                    f"stopped; {_kept(workdir, last_saved, epoch, tc.checkpoint_every)}"
                 )
             train_seconds += dt
             samples += steps * tc.batch_size

@@ -138,3 +138,21 @@ def test_batch_larger_than_training_set_is_a_config_error(tmp_path, tiny_csv):
     cfg = tiny_config(tmp_path, tiny_csv, **{"train.batch_size": "5000"})
     with pytest.raises(C.ConfigError, match=r"train\.batch_size"):
         T.fit(cfg, D.prepare(cfg.data, cfg.seed), workdir=None, progress=False)
+
+
+def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_was_written(tmp_path, tiny_csv):
+    from mlp_jax.checkpoint import Checkpointer
+
+    cfg = tiny_config(tmp_path, tiny_csv, **{"optim.learning_rate": "1e30", "model.dropout": "0"})
+    ds = D.prepare(cfg.data, cfg.seed)
+    with pytest.raises(T.NonFiniteLossError) as info:
+        T.fit(cfg, ds, workdir=cfg.resolved_workdir, progress=False)
+    message = str(info.value)
+    assert "non-finite loss at epoch 1" in message
+    assert "no checkpoint was written: it diverged in the first epoch; lower optim.learning_rate" in message
+    assert "last good checkpoint" not in message and "epoch 0" not in message
+    store = Checkpointer(cfg.resolved_workdir)
+    assert store.latest_step() is None  # and indeed none was
+    store.close()
+    with pytest.raises(T.NonFiniteLossError, match=r"nothing was saved \(no workdir\)"):
+        T.fit(cfg, ds, workdir=None, progress=False)
