@@ -76,6 +76,32 @@ def _mean_rows(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def _ensemble_mismatch(e: Any, cfg: Config, k: int) -> str:
+    """A sweep's resume refusal (:class:`mlp_jax.sweep.SweepResumeError`) said in a run's keys.
+
+    ``cfg`` is the :func:`mlp_jax.sweep.seeds_config` of a ``train.members=k`` run; its only
+    sweep axis is ``seed=seed..seed+k-1``, so a differing ``sweep.axes`` means another member
+    count (or another ``seed``, which is named by itself). Each key shows both values.
+    """
+    from mlp_jax.config import to_flat_dict
+
+    old, new = to_flat_dict(e.stored), to_flat_dict(cfg)
+    parts = []
+    seeds = [a.partition("=")[2] for a in e.stored.sweep.axes if a.partition("=")[0].strip() == "seed"]
+    old_k = len(seeds[0].split(",")) if len(e.stored.sweep.axes) == 1 and seeds else None
+    if "sweep.axes" in e.differing and old_k != k:
+        parts.append(f"train.members ({old_k} vs {k})" if old_k else f"sweep.axes ({old['sweep.axes']!r})")
+    for key in e.differing:
+        if key != "sweep.axes":
+            parts.append(f"{key} ({old[key]!r} vs {new[key]!r})")
+    if not parts:  # the same keys, other member values
+        return str(e)
+    return (
+        f"it was trained (to epoch {e.step}) with another {', '.join(parts)}; "
+        "rerun with the stored values or use another workdir"
+    )
+
+
 def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int) -> tuple[Any, Callable]:
     """``train.members=k`` > 1: seeds ``seed .. seed+k-1`` trained as one program (``mlp_jax.sweep``,
     each with its own early stopping; a rerun resumes from ``workdir/group-0``), all k saved as one
@@ -112,6 +138,10 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
 
     try:
         result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
+    except sweep.SweepResumeError as e:  # said in the run's keys (train.members, seed), not the sweep's axes
+        raise ConfigError(
+            f"workdir: cannot resume the {k}-member ensemble in {workdir}: {_ensemble_mismatch(e, cfg, k)}"
+        ) from None
     except sweep.SweepError as e:  # said as a run's refusal, not a sweep's
         raise ConfigError(f"workdir: cannot resume the {k}-member ensemble in {workdir}: {e}") from None
     ids = [m.index for m in result.members if math.isfinite(m.best_val_loss)]

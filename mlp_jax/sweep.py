@@ -97,6 +97,16 @@ class SweepError(RuntimeError):
     """A sweep cannot run or resume; the message says why."""
 
 
+class SweepResumeError(SweepError):
+    """A resume against a checkpoint of another sweep: ``stored`` is the checkpoint's config,
+    ``differing`` the flat keys in which it differs (so a caller that built the sweep, such as
+    the runner's ``train.members``, can say it in its own keys)."""
+
+    def __init__(self, message: str, stored: Config, differing: Sequence[str], step: int) -> None:
+        super().__init__(message)
+        self.stored, self.differing, self.step = stored, tuple(differing), step
+
+
 # ----------------------------------------------------------------------------- members
 
 
@@ -804,11 +814,15 @@ def _check_resume(
         raise SweepError(f"{where}/{step}: sweep checkpoint format {meta.get('format')!r}, expected {META_FORMAT}")
     if meta["data"]["digest"] != dataset.digest:
         raise SweepError(f"refusing to resume {where} (epoch {step}): the data changed ({meta['data']['source']})")
-    differing = diff(from_dict(meta["config"]), config, ignore=RESUMABLE_KEYS)
+    stored = from_dict(meta["config"])
+    differing = diff(stored, config, ignore=RESUMABLE_KEYS)
     if differing or meta["members"] != json.loads(json.dumps(member_meta)):
-        raise SweepError(
+        raise SweepResumeError(
             f"refusing to resume {where} (epoch {step}): the sweep differs"
-            f"{' in ' + ', '.join(differing) if differing else ' in its members'}; use another workdir"
+            f"{' in ' + ', '.join(differing) if differing else ' in its members'}; use another workdir",
+            stored,
+            differing,
+            step,
         )
 
 
@@ -821,6 +835,7 @@ __all__ = [
     "MemberResult",
     "SweepError",
     "SweepResult",
+    "SweepResumeError",
     "check",
     "create_states",
     "ensemble_members",

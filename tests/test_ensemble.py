@@ -403,6 +403,29 @@ def test_runner_members_that_all_diverge_are_a_named_error(tmp_path):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def test_resuming_an_ensemble_with_other_members_or_seed_names_the_run_keys(tmp_path):
+    """The runner's members are a sweep over seeds, but a refused resume names train.members / seed
+    (with both values), never the sweep.axes the user did not set; the workdir is left as it was."""
+    from mlp_jax import config as C
+    from mlp_jax import runner
+    from tests.helpers import tiny_config
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    cfg = tiny_config(tmp_path, csv, **{"train.members": "3", "train.epochs": "2"})
+    runner.run(cfg, progress=False)
+    before = sorted(os.listdir(tmp_path / "run"))
+    for overrides, named in (
+        (["train.members=2"], r"train\.members \(3 vs 2\)"),
+        (["train.members=4"], r"train\.members \(3 vs 4\)"),
+        (["seed=5"], r"seed \(0 vs 5\)"),
+        (["train.members=4", "optim.learning_rate=0.01"], r"train\.members \(3 vs 4\), optim\.learning_rate"),
+    ):
+        with pytest.raises(C.ConfigError, match=named) as info:
+            runner.run(C.apply_overrides(cfg, overrides), progress=False)
+        assert "sweep.axes" not in str(info.value) and "cannot resume" in str(info.value)
+        assert sorted(os.listdir(tmp_path / "run")) == before
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 
