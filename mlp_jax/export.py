@@ -50,8 +50,12 @@ against the JAX program in the tests (within 1e-5 on 10,000 rows).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import secrets
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,6 +96,43 @@ FORMAT = 1
 INPUT_NAME = "raw"
 ONNX_OPSET = 17  # Triton's and most runtimes' onnxruntime builds run it
 ONNX_IR_VERSION = 9
+
+
+class ExportError(ValueError):
+    """The export's destination cannot be written (the message names the path); nothing was written."""
+
+
+#: Every file an export may write; an existing ``--out`` folder holding anything else is refused.
+EXPORT_FILES = frozenset({FORWARD_FILE, ONNX_FILE, META_FILE, SIGNATURE_FILE})
+
+
+def check_destination(out_dir: str | Path) -> Path:
+    """``out_dir`` as the folder an export may (re)place; raises :class:`ExportError` otherwise.
+
+    It may be missing (created, with its parents), or a folder that is empty or holds an earlier
+    export (replaced as a whole); never a file, a path under a file, or a folder with other files.
+    """
+    given = Path(out_dir).expanduser()
+    out = given.resolve() if given.is_symlink() else given
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"cannot export to {given}: it is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot export to {given}: {parent} is a file, not a folder")
+            break
+    if out.is_dir():
+        try:
+            others = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES or not p.is_file())
+        except OSError as e:
+            raise ExportError(f"cannot export to {given}: {e.strerror or e}") from None
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise ExportError(
+                f"cannot export to {given}: the folder holds files that are not an export ({shown}); "
+                "give a new folder or an earlier export's"
+            )
+    return out
 
 
 def is_exported(path: str | Path) -> bool:
@@ -428,17 +469,17 @@ def export_artifact(loaded: LoadedArtifact, out_dir: str | Path, onnx: bool | No
     """Writes the exported folder (see the module docstring); returns ``{kind: path}`` of the files written.
 
     ``onnx``: None writes ``model.onnx`` when the ``onnx`` package is installed; True requires
-    it; False skips it. ``forward.stablehlo`` is written last: a folder that has it is complete.
+    it; False skips it. The folder is built beside ``out_dir`` and swapped in at the end, so an
+    earlier export there is replaced as a whole (no stale ``model.onnx`` survives a ``--no-onnx``
+    export) and a failed export leaves it untouched; ``forward.stablehlo`` is written last.
 
     Raises:
+      ExportError: ``out_dir`` is a file, lies under a file, or is a folder with other files.
       CheckpointError: a format-1 artifact, or an activation without an ONNX translation.
       ImportError: ``onnx=True`` without the ``onnx`` package.
+      OSError: the folder could not be written (permissions, disk full).
     """
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FORWARD_FILE).unlink(missing_ok=True)
-    exp = export_forward(loaded)
-    paths: dict[str, Path] = {}
+    out = check_destination(out_dir)
     if onnx is None:
         try:
             import onnx as _  # noqa: F401
@@ -446,16 +487,41 @@ def export_artifact(loaded: LoadedArtifact, out_dir: str | Path, onnx: bool | No
             onnx = False
         else:
             onnx = True
-    if onnx:
+    exp = export_forward(loaded)
+    onnx_bytes = onnx_model(loaded).SerializeToString() if onnx else None
+    created = [p for p in out.parents if not p.exists()]  # removed again (deepest first) if the export fails
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.export-{os.getpid()}-{secrets.token_hex(4)}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        tmp.mkdir()
+        if onnx_bytes is not None:
+            (tmp / ONNX_FILE).write_bytes(onnx_bytes)
+        (tmp / META_FILE).write_text(loaded.meta.to_json())
+        sig = signature(loaded.meta, loaded.step, str(loaded.path), onnx_written=bool(onnx))
+        (tmp / SIGNATURE_FILE).write_text(json.dumps(sig, indent=1))
+        (tmp / FORWARD_FILE).write_bytes(exp.serialize())
+        if out.exists():
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old.exists():
+                old.rename(out)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    paths: dict[str, Path] = {}
+    if onnx_bytes is not None:
         paths["onnx"] = out / ONNX_FILE
-        paths["onnx"].write_bytes(onnx_model(loaded).SerializeToString())
     paths["meta"] = out / META_FILE
-    paths["meta"].write_text(loaded.meta.to_json())
     paths["signature"] = out / SIGNATURE_FILE
-    sig = signature(loaded.meta, loaded.step, str(loaded.path), onnx_written=bool(onnx))
-    paths["signature"].write_text(json.dumps(sig, indent=1))
     paths["stablehlo"] = out / FORWARD_FILE
-    paths["stablehlo"].write_bytes(exp.serialize())
     return paths
 
 
@@ -645,7 +711,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m mlp_jax.export", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="workdir, step folder or models:/ / runs:/ URI")
-    p.add_argument("--out", required=True, help="folder to write (created; its files are replaced)")
+    p.add_argument(
+        "--out", required=True, help="folder to write (created; an earlier export there is replaced as a whole)"
+    )
     p.add_argument(
         "--onnx",
         action=argparse.BooleanOptionalAction,
@@ -654,10 +722,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
+        check_destination(args.out)  # before loading the model: a bad --out fails fast
         loaded = artifact.load(model_uri.resolve(args.model).path)
         paths = export_artifact(loaded, args.out, onnx=args.onnx)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, ImportError) as e:
         print(f"error: cannot export --model {args.model}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write --out {args.out}: {e}", file=sys.stderr)
         return 2
     for kind, path in paths.items():
         print(f"{kind:<10} {path} ({path.stat().st_size:,} bytes)")

@@ -280,3 +280,49 @@ def test_a_logged_mlflow_model_carries_the_exported_folder(cases, tmp_path, monk
     exported = next(local.rglob("forward.stablehlo")).parent
     assert exported.name == "exported" and (exported / "model.onnx").is_file()
     _assert_close(load_predictor(exported).predict_outputs(c.frame), c.reference.predict_outputs(c.frame), PROBS_TOL)
+
+
+def test_bad_out_is_a_one_line_error_and_a_re_export_replaces_the_folder(
+    trained_workdir, tmp_path, capsys, monkeypatch
+):
+    """--out a file, a path under a file or a folder of other files: one `error:` line naming the path,
+    exit 2, nothing written. An earlier export is replaced as a whole (no stale model.onnx), and a
+    failed export leaves it, and the folders around it, as they were."""
+    pytest.importorskip("onnx")
+    model = str(trained_workdir)
+    table = tmp_path / "somefile.csv"
+    table.write_text("a,b\n1,2\n")
+    others = tmp_path / "mine"
+    others.mkdir()
+    (others / "notes.txt").write_text("keep me")
+    for out, said in (
+        (table, "it is a file, not a folder"),
+        (table / "sub", f"{table} is a file, not a folder"),
+        (others, "the folder holds files that are not an export (notes.txt)"),
+    ):
+        assert export.main(["--model", model, "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"error: cannot export to {out}: {said}")
+        assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert table.read_text() == "a,b\n1,2\n" and [p.name for p in others.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "somefile.csv"]
+
+    out = tmp_path / "new" / "deep" / "out"  # parents are created
+    assert export.main(["--model", model, "--out", str(out), "--onnx"]) == 0
+    assert (out / "model.onnx").is_file()
+    assert export.main(["--model", model, "--out", str(out), "--no-onnx"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["forward.stablehlo", "meta.json", "signature.json"]
+    assert json.loads((out / "signature.json").read_text())["files"]["onnx"] is None
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "signature", broken)  # fails half-way through writing
+    assert export.main(["--model", model, "--out", str(out), "--onnx"]) == 2
+    assert "error: cannot write --out" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old export, untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temporary sibling left
+    with pytest.raises(OSError):
+        export.export_artifact(artifact.load(trained_workdir), tmp_path / "fresh" / "a" / "out")
+    assert not (tmp_path / "fresh").exists()  # the parents it made are removed again
