@@ -420,6 +420,7 @@ def validate(c: Config) -> None:
         "a sweep's members are its grid: leave train.members at auto or 1 with sweep.<key>=<values>",
     )
     need(t.huber_delta > 0, "train.huber_delta", "must be > 0")
+    need(t.min_delta >= 0, "train.min_delta", "must be >= 0 (the validation-loss improvement that counts)")
     need(0 <= t.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
     need(c.sweep.samples >= 0, "sweep.samples", "must be >= 0")
     need(not c.sweep.samples or bool(c.sweep.axes), "sweep.samples", "needs at least one sweep.<key>=<values>")

@@ -152,3 +152,9 @@ def test_every_float_key_must_be_finite():
     # and a config built in code, not only from overrides
     with pytest.raises(C.ConfigError, match=r"optim\.momentum: must be a finite number"):
         C.validate(dataclasses.replace(C.Config(), optim=C.OptimConfig(momentum=float("nan"))))
+
+
+def test_min_delta_must_not_be_negative():
+    with pytest.raises(C.ConfigError, match=r"train\.min_delta: must be >= 0"):
+        C.apply_overrides(C.Config(), ["train.min_delta=-0.01"])
+    assert C.apply_overrides(C.Config(), ["train.min_delta=0.001"]).train.min_delta == 0.001
