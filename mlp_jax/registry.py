@@ -1,8 +1,11 @@
 """The MLflow model registry: a new version per tracked run, and the champion gate.
 
 The alias ``champion`` moves to a new version only when its best validation loss is
-strictly lower than the current champion's *on the same dataset digest*; a model
-validated on other data is not comparable and never replaces the champion automatically.
+strictly lower than the current champion's *on the same validation set*: the same file
+(dataset digest), target(s) and task, and the same split (seed and fractions), recorded as
+the version's ``validation_set`` tag (:func:`validation_set`). A model validated on other
+rows or for another target is not comparable and never replaces the champion automatically.
+(A champion registered before that tag existed is compared on the dataset digest alone.)
 The decision and its numbers are tags on the run and on the version.
 """
 
@@ -51,21 +54,45 @@ class GateDecision:
         return out
 
 
+def validation_set(
+    digest: str, task: str, targets: tuple[str, ...], seed: int, val_fraction: float, test_fraction: float
+) -> str:
+    """What a validation loss was measured on, as a readable tag: two losses compare only when equal.
+
+    The file (``digest``), the target column(s) and task (what is predicted) and the split
+    (``seed`` and the fractions pick the validation rows) all change the number.
+    """
+    names = ",".join(targets)
+    return f"{digest} target {names} ({task}) seed {seed} split {val_fraction:g}/{test_fraction:g}"
+
+
 def champion_gate(
-    challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str = GATE_METRIC
+    challenger_val_loss: float,
+    digest: str,
+    champion: Mapping[str, Any] | None,
+    metric: str = GATE_METRIC,
+    validation: str | None = None,
 ) -> GateDecision:
     """Champion/challenger: promote only on a strictly lower validation metric on the same data.
 
     Args:
       challenger_val_loss: the new version's validation metric (``metric``: lower is better).
       digest: the new version's dataset digest.
-      champion: the current champion's ``version``, ``val_loss`` and ``dataset_digest``
-        (None when there is no champion).
+      champion: the current champion's ``version``, ``val_loss``, ``dataset_digest`` and
+        ``validation_set`` (None when there is no champion).
+      validation: the new version's :func:`validation_set`; compared with the champion's when
+        both have one, else the dataset digests are.
     """
-    return dataclasses.replace(_gate(challenger_val_loss, digest, champion, metric), metric=metric)
+    return dataclasses.replace(_gate(challenger_val_loss, digest, champion, metric, validation), metric=metric)
 
 
-def _gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] | None, metric: str) -> GateDecision:
+def _gate(
+    challenger_val_loss: float,
+    digest: str,
+    champion: Mapping[str, Any] | None,
+    metric: str,
+    validation: str | None = None,
+) -> GateDecision:
     """Champion/challenger: promote only on a strictly lower validation loss on the same data.
 
     Args:
@@ -82,6 +109,16 @@ def _gate(challenger_val_loss: float, digest: str, champion: Mapping[str, Any] |
     if loss is None or champ_digest is None:
         return GateDecision(
             False, f"champion v{version} has no recorded {metric} or dataset digest", challenger_val_loss, version
+        )
+    champ_validation = champion.get("validation_set")
+    if validation is not None and champ_validation is not None and champ_validation != validation:
+        return GateDecision(
+            False,
+            f"not comparable: champion v{version} was validated on {champ_validation}, this run on {validation} "
+            f"(move the alias by hand if the new model should replace it)",
+            challenger_val_loss,
+            version,
+            loss,
         )
     if champ_digest != digest:
         return GateDecision(
@@ -117,6 +154,7 @@ def current_champion(client: MlflowClient, name: str, metric: str = GATE_METRIC)
         "version": str(mv.version),
         "val_loss": float(loss) if loss is not None else None,
         "dataset_digest": tags.get("dataset_digest"),
+        "validation_set": tags.get("validation_set"),
     }
 
 
@@ -143,6 +181,7 @@ def register(
     test_accuracy: float | None,
     pending: Callable[[str | None], None] = lambda version: None,
     metric: str = GATE_METRIC,
+    validation: str | None = None,
 ) -> Registration:
     """Registers the logged model ``info`` as a new version of ``name`` and runs the champion gate.
 
@@ -152,10 +191,11 @@ def register(
     from mlflow.entities import RunTag
 
     champion = current_champion(client, name, metric)
-    decision = champion_gate(val_loss, dataset_digest, champion, metric)
+    decision = champion_gate(val_loss, dataset_digest, champion, metric, validation)
     version_tags = {
         metric: repr(val_loss),
         "dataset_digest": dataset_digest,
+        **({"validation_set": validation} if validation is not None else {}),
         "dataset_source": dataset_source,
         "test_accuracy": repr(test_accuracy),
         "experiment": experiment,

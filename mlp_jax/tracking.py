@@ -369,6 +369,14 @@ class Session:
             dataset_source=str(self.dataset.source),
             test_accuracy=final.get("test_accuracy"),
             pending=self._set_pending,
+            validation=self._validation_set(),
+        )
+
+    def _validation_set(self) -> str:
+        """The gate's comparability key: this run's file, target(s), task and split."""
+        d = self.config.data
+        return registry.validation_set(
+            self.dataset.digest, self.dataset.task, d.target_names, self.config.seed, d.val_fraction, d.test_fraction
         )
 
     def _set_pending(self, version: str | None) -> None:
@@ -694,6 +702,7 @@ class SweepSession(Session):
                 dataset_source=str(self.dataset.source),
                 test_accuracy=model.test_metrics.get("test_accuracy"),
                 pending=self._set_pending,
+                validation=self._validation_set(),
             )
             self._pending_version = None  # registered: this one stays even if a later step fails
         finally:

@@ -143,6 +143,31 @@ def test_gate_rules():
     assert not registry.champion_gate(0.1, "abc", {"version": "1", "val_loss": None, "dataset_digest": "abc"}).promote
 
 
+def test_gate_compares_only_on_the_same_validation_set():
+    a = registry.validation_set("abc", "classification", ("hard",), 0, 0.15, 0.15)
+    assert a == "abc target hard (classification) seed 0 split 0.15/0.15"
+    champ = {"version": "1", "val_loss": 0.69, "dataset_digest": "abc", "validation_set": a}
+    for other in (
+        registry.validation_set("abc", "classification", ("easy",), 0, 0.15, 0.15),  # another target, same file
+        registry.validation_set("abc", "classification", ("hard",), 1, 0.15, 0.15),  # other validation rows
+        registry.validation_set("abc", "classification", ("hard",), 0, 0.2, 0.15),
+    ):
+        d = registry.champion_gate(0.06, "abc", champ, validation=other)
+        assert not d.promote and d.reason.startswith("not comparable") and other in d.reason and a in d.reason
+    assert registry.champion_gate(0.06, "abc", champ, validation=a).promote
+    old = {k: v for k, v in champ.items() if k != "validation_set"}  # registered before the tag: digest only
+    assert registry.champion_gate(0.06, "abc", old, validation=a).promote
+
+
+def test_a_run_on_other_validation_rows_never_takes_the_champion(store):
+    first = runner.run(tracked(store.folder, store.csv, "s0", **{"train.epochs": "2"}), progress=False)
+    other = runner.run(tracked(store.folder, store.csv, "s1", **{"train.epochs": "6", "seed": "1"}), progress=False)
+    assert first["champion"] is True and other["champion"] is False
+    version = store.client.get_model_version(MODEL, other["model_version"])
+    assert "not comparable" in version.tags["champion_gate.reason"] and "seed 1" in version.tags["validation_set"]
+    assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == first["model_version"]
+
+
 def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_finished_one(store):
     from mlp_jax import data as data_lib
 
