@@ -256,6 +256,7 @@ def read_table(
                 ),
             )
             frame = table.to_pandas()
+            check_closed_quotes(frame, where, source)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"cannot read {where}: {e}") from None
     notes = []
@@ -312,13 +313,57 @@ def iter_csv_for_prediction(
                 column_types={c: pa.string() for c in names}, null_values=[], strings_can_be_null=False
             ),
         )
+        last: pd.DataFrame | None = None
+        rows = 0
         for batch in reader:
             frame = batch.to_pandas()
             for c in wanted:
                 frame[c] = frame[c].astype(object).mask(frame[c].isin(NULL_TOKENS), None)
-            yield frame
+            if last is not None:
+                yield last
+                rows += len(last)
+            last = frame
+        if last is not None:
+            check_closed_quotes(last, where, source, rows)
+            yield last
     except pa.ArrowInvalid as e:
         raise DataError(f"cannot read {where}: {e}") from None
+
+
+def _ends_with_quote(source: str | os.PathLike | bytes) -> bool:
+    """Whether the CSV's last non-blank byte is a double quote (a closed quoted value)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        tail = bytes(source[-64:])
+    else:
+        with open(source, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64))
+            tail = f.read()
+    return tail.rstrip().endswith(b'"')
+
+
+def check_closed_quotes(frame: pd.DataFrame, where: str, source: str | os.PathLike | bytes, first_row: int = 0) -> None:
+    """Refuses a CSV whose last value runs to the end of the file across lines: an unclosed quote.
+
+    pyarrow reads ``...,"red`` followed by more lines as one value that swallows every later
+    line, so the rows after it would silently disappear. A legitimate multi-line value ends
+    with its closing quote (the file's last byte then is ``"``), not at the end of the file.
+
+    Raises:
+      DataError: names the data row and column where the quote opened.
+    """
+    if not len(frame) or _ends_with_quote(source):
+        return
+    row = frame.iloc[-1]
+    for c in frame.columns:
+        v = row[c]
+        if isinstance(v, str) and ("\n" in v or "\r" in v):
+            lines = len(v.splitlines())
+            raise DataError(
+                f"{where}: a quote opened in data row {first_row + len(frame) - 1}, column {c!r} is never closed; "
+                f"the value runs to the end of the file over {lines} lines (starting {v[:30]!r}), so those rows "
+                "would be lost: close the quote"
+            )
 
 
 def read_csv_for_prediction(source: str | os.PathLike | bytes, feature_columns: Sequence[str]) -> pd.DataFrame:

@@ -260,3 +260,17 @@ def test_a_file_with_another_delimiter_is_named_as_such(tmp_path, sep, word):
     frame.to_csv(path, sep=sep, index=False)
     with pytest.raises(D.DataError, match=rf"target column 'target' not found.*the file looks {word}-separated"):
         D.prepare(C.DataConfig(path=str(path)), 0, verbose=False)
+
+
+def test_an_unclosed_quote_is_refused_not_swallowing_the_rows_after_it(tmp_path):
+    text = 'a,b,color\n0.1,0.2,"red\n0.5,0.6,blue\n0.7,0.8,green\n'
+    path = tmp_path / "q.csv"
+    path.write_text(text)
+    for read in (lambda s: D.read_table(s), lambda s: D.read_csv_for_prediction(s, ["a", "color"])):
+        for source in (path, text.encode()):
+            with pytest.raises(D.DataError, match=r"quote opened in data row 0, column 'color' is never closed"):
+                read(source)
+    # a multi-line value that is closed stays one value, at the end of the file or not
+    ok = 'a,note\n1,"two\nlines"\n2,"three\nmore"\n'
+    assert D.read_csv_for_prediction(ok.encode(), ["a"])["note"].tolist() == ["two\nlines", "three\nmore"]
+    assert len(D.read_table(ok.encode())) == 2

@@ -258,6 +258,12 @@ def test_invocations_content_types(client, raw, content_type, status, message):
     assert r.status_code == status and message in r.json()["message"], r.text
 
 
+def test_a_csv_body_with_an_unclosed_quote_is_refused(client):
+    body = ",".join(COLS) + '\n0.1,0.2,0.3,0.4,0.5,"0.6\n' + ",".join(["0.5"] * 6) + "\n"
+    r = _post(client, "/invocations", body.encode(), "text/csv")
+    assert r.status_code == 400 and "column 'feature_5' is never closed" in r.json()["message"], r.text
+
+
 def test_invocations_input_formats_agree(client, predictor, rows):
     x = rows[:9]
     names = list(predictor.feature_names)
