@@ -22,6 +22,7 @@ are the same. A Parquet file (``.parquet``/``.pq``) is read in row groups the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -204,6 +205,8 @@ def predict_csv(
         raise BatchError(f"the output {dst} would overwrite the input; choose another path")
     if dst.is_dir():
         raise BatchError(f"the output {dst} is a directory; give a file path")
+    if dst.suffix.lower() in (".parquet", ".pq"):
+        raise BatchError(f"the output {dst} names Parquet, but batch prediction writes CSV; give a .csv path")
     header = read_header(src) if parquet else data._column_names(read_header(src))  # as the reader names them
     passed, out_columns = plan_columns(header, predictor, keep_features)
     if parquet:
@@ -216,8 +219,15 @@ def predict_csv(
     schema = pa.schema(passed_fields + output_fields(predictor))
     numeric = [r["name"] for r in predictor.roles if r["role"] == "numeric"]
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    created = [p for p in reversed(dst.parents) if not p.exists()]
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    except OSError as e:
+        for folder in reversed(created):  # leave no folder behind that this call made
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise BatchError(f"cannot write the output {dst}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     start = time.perf_counter()

@@ -242,3 +242,18 @@ def test_parquet_input_gives_the_same_predictions(tmp_path, penguins):
     want = penguins.predict_frame(frame)
     assert got["prediction"].tolist() == want["prediction"].tolist()
     np.testing.assert_allclose(got[penguins.probability_columns()].to_numpy(), want.iloc[:, 1:].to_numpy(), rtol=1e-6)
+
+
+def test_an_output_that_cannot_be_written_is_a_named_error_and_leaves_nothing(tmp_path, predictor, frame):
+    src = tmp_path / "in.csv"
+    frame.to_csv(src, index=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for dst, message in (
+        (blocker / "sub" / "out.csv", "cannot write the output"),  # a folder under a file
+        (tmp_path / "out.parquet", "names Parquet, but batch prediction writes CSV"),
+    ):
+        with pytest.raises(predict.BatchError, match=message):
+            predict.predict_csv(predictor, src, dst, progress=False)
+        assert not dst.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "in.csv"]
