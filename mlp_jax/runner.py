@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -136,16 +137,20 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
                     flush=True,
                 )
 
+    group_dir = workdir / "group-0"
+    fresh = not group_dir.exists()
     try:
         result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
     except sweep.SweepResumeError as e:  # said in the run's keys (train.members, seed), not the sweep's axes
         raise ConfigError(
-            f"workdir: cannot resume the {k}-member ensemble in {workdir}: {_ensemble_mismatch(e, cfg, k)}"
+            f"workdir: cannot resume the ensemble in {workdir} with train.members={k}: {_ensemble_mismatch(e, cfg, k)}"
         ) from None
     except sweep.SweepError as e:  # said as a run's refusal, not a sweep's
-        raise ConfigError(f"workdir: cannot resume the {k}-member ensemble in {workdir}: {e}") from None
+        raise ConfigError(f"workdir: cannot resume the ensemble in {workdir} with train.members={k}: {e}") from None
     ids = [m.index for m in result.members if math.isfinite(m.best_val_loss)]
     if not ids:
+        if fresh:  # nothing worth resuming: a rerun with a lower learning rate must start clean
+            shutil.rmtree(group_dir, ignore_errors=True)
         raise train.NonFiniteLossError(
             f"every one of the {k} members' losses was non-finite from the first epoch; lower optim.learning_rate"
         )

@@ -4,6 +4,7 @@ and a deep ensemble served by the predictor, the service, the batch command and 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -379,7 +380,7 @@ def test_runner_trains_members_as_one_ensemble_tracked_served_and_resumed(tmp_pa
     before = sorted(os.listdir(tmp_path / "run"))
     with pytest.raises(C.ConfigError, match="holds an ensemble"):
         runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.members=1"]), progress=False)
-    with pytest.raises(C.ConfigError, match="cannot resume the 2-member ensemble"):  # named before Orbax sees shapes
+    with pytest.raises(C.ConfigError, match=r"cannot resume the ensemble in .* with train.members=2"):  # before Orbax
         runner.run(C.apply_overrides(cfg, ["tracking.enabled=false", "train.members=2"]), progress=False)
     assert sorted(os.listdir(tmp_path / "run")) == before
     single = tiny_config(tmp_path, csv, workdir=str(tmp_path / "single"))
@@ -393,6 +394,7 @@ def test_runner_trains_members_as_one_ensemble_tracked_served_and_resumed(tmp_pa
 
 
 def test_runner_members_that_all_diverge_are_a_named_error(tmp_path):
+    from mlp_jax import config as C
     from mlp_jax import runner, train
     from tests.helpers import tiny_config
 
@@ -401,6 +403,9 @@ def test_runner_members_that_all_diverge_are_a_named_error(tmp_path):
     with pytest.raises(train.NonFiniteLossError, match="every one of the 2 members"):
         runner.run(cfg, progress=False)
     assert not (tmp_path / "run" / "summary.json").exists()
+    assert not (tmp_path / "run" / "group-0").exists()  # nothing to resume: following the advice starts clean
+    fixed = runner.run(C.apply_overrides(cfg, ["optim.learning_rate=1e-3", "tracking.enabled=false"]), progress=False)
+    assert fixed["members"] == 2 and math.isfinite(fixed["best_val_loss"])
 
 
 def test_resuming_an_ensemble_with_other_members_or_seed_names_the_run_keys(tmp_path):
