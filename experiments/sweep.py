@@ -164,9 +164,11 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     metric = "log_loss" if classify else "rmse"  # what the comparison and the gate use (RMSE: original units)
     ensemble: dict[str, Any] = {}
     k = config.sweep.ensemble_top_k
-    top = sweep.top_k(result, k if k > 1 else TOP)
-    if top:  # the global top-k (any groups; k = sweep.ensemble_top_k, else 5) against the best member
-        ids = [m.index for m in top]
+    # compared: the ensemble that is saved and registered (the top-k of the best member's program;
+    # k = sweep.ensemble_top_k, else 5), not the global top-k, which may span programs
+    top = sweep.ensemble_members(result, k if k > 1 else TOP)
+    if len(top) > 1:
+        ids = top
         for split in ("val", "test"):
             x = getattr(dataset, f"x_{split}")
             ensemble[f"top{len(ids)}_{split}_{metric}"] = _scores(dataset, split, result.predict(x, ids)[0])[metric]

@@ -480,3 +480,14 @@ def test_a_top_k_larger_than_the_program_saves_and_names_what_it_holds(tmp_path,
     assert len(summary["models"]["ensemble"]["members"]) == 4
     assert (tmp_path / "w" / "ensemble-top4").is_dir() and not (tmp_path / "w" / "ensemble-top8").exists()
     assert "sweep.ensemble_top_k=8, but the best member's program has 4 finite member(s)" in capsys.readouterr().out
+
+
+def test_the_compared_ensemble_is_the_saved_one_when_members_span_programs(tmp_path):
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    over = {"sweep.model.hidden_sizes": "16,8/8", "sweep.seed": "0", "tracking.enabled": "false"}
+    assert sweep_experiment.main(_args(csv, tmp_path / "w", **over)) == 0
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    saved = summary["models"]["ensemble"]["members"]
+    groups = {r["member"]: r["group"] for r in summary["members"]}
+    assert len(set(groups.values())) == 2 and len({groups[i] for i in saved}) == 1
+    assert summary["ensemble"]["top"] == saved  # what is printed and recorded is what is saved
