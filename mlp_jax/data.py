@@ -149,7 +149,9 @@ def read_header(source: str | os.PathLike | bytes) -> list[str]:
       DataError: unreadable file, no header row, or a header that names a column twice.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        names, where = _csv_header(bytes(source[:_HEADER_PREFIX])), "the CSV body"
+        prefix, where = bytes(source[:_HEADER_PREFIX]), "the CSV body"
+        _refuse_compressed(prefix, where)
+        names = _csv_header(prefix)
     else:
         p = Path(source)
         where = str(p)
@@ -162,11 +164,28 @@ def read_header(source: str | os.PathLike | bytes) -> list[str]:
                 raise DataError(f"cannot read Parquet schema of {p}: {e}") from None
         else:
             with open(p, "rb") as f:
-                names = _csv_header(f.read(_HEADER_PREFIX))
+                prefix = f.read(_HEADER_PREFIX)
+            _refuse_compressed(prefix, where)
+            names = _csv_header(prefix)
     if names is None:
         raise DataError(f"{where} has no header row")
     _check_duplicates(names, where)
     return names
+
+
+#: Magic bytes of compressed files (read as CSV they give garbled headers and parse errors).
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
+
+
+def _refuse_compressed(prefix: bytes, where: str) -> None:
+    """Names a compressed or UTF-16 file instead of reading its bytes as a garbled CSV header."""
+    kind = next((k for magic, k in _COMPRESSED.items() if prefix.startswith(magic)), None)
+    if prefix[:3] == b"BZh" and prefix[4:10] == b"1AY&SY":
+        kind = "bzip2"
+    if kind:
+        raise DataError(f"{where} is {kind}-compressed; decompress it first (or save the table as Parquet)")
+    if prefix.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{where} is UTF-16 text; save it as UTF-8")
 
 
 def _csv_header(prefix: bytes) -> list[str] | None:
@@ -303,7 +322,7 @@ def iter_csv_for_prediction(
     names = _column_names(read_header(source))
     absent = [c for c in feature_columns if c not in names]
     if absent:
-        raise DataError(f"{where} lacks feature column(s): {', '.join(map(repr, absent))}")
+        raise DataError(f"{where} lacks feature column(s): {', '.join(map(repr, absent))}{delimiter_hint(names)}")
     wanted = set(feature_columns)
     try:
         reader = pacsv.open_csv(

@@ -274,3 +274,28 @@ def test_an_unclosed_quote_is_refused_not_swallowing_the_rows_after_it(tmp_path)
     ok = 'a,note\n1,"two\nlines"\n2,"three\nmore"\n'
     assert D.read_csv_for_prediction(ok.encode(), ["a"])["note"].tolist() == ["two\nlines", "three\nmore"]
     assert len(D.read_table(ok.encode())) == 2
+
+
+def test_compressed_or_utf16_files_are_named(tmp_path):
+    import bz2
+    import gzip
+
+    text = open(write_tiny_csv(tmp_path / "t.csv"), "rb").read()
+    for name, blob, kind in (
+        ("t.csv.gz", gzip.compress(text), "gzip-compressed"),
+        ("t.csv.bz2", bz2.compress(text), "bzip2-compressed"),
+        ("t16.csv", text.decode().encode("utf-16"), "UTF-16 text"),
+    ):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(D.DataError, match=kind):
+            D.prepare(C.DataConfig(path=str(tmp_path / name)), 0, verbose=False)
+        with pytest.raises(D.DataError, match=kind):
+            D.read_csv_for_prediction(blob, ["feature_0"])
+    # a header that merely starts with the letters of a magic number is a header
+    (tmp_path / "bz.csv").write_text("BZhealth,target\n" + "\n".join(f"{i % 7},{i % 2}" for i in range(60)) + "\n")
+    assert D.read_header(tmp_path / "bz.csv") == ["BZhealth", "target"]
+
+
+def test_a_semicolon_csv_body_says_so():
+    with pytest.raises(D.DataError, match=r"lacks feature column\(s\): 'a'.*looks semicolons-separated"):
+        D.read_csv_for_prediction(b"a;b\n1;2\n", ["a"])
