@@ -212,10 +212,13 @@ def _read_run_file(workdir: Path) -> dict[str, Any] | None:
 
 
 def _has_checkpoint(workdir: Path) -> bool:
+    """A model checkpoint in ``workdir``, or a ``train.members`` ensemble's training checkpoint
+    (``workdir/group-0/<epoch>``: killed before its first ensemble artifact was saved)."""
     try:
         resolve(workdir)
     except CheckpointError:
-        return False
+        group = workdir / "group-0"
+        return group.is_dir() and any(p.name.isdigit() and p.is_dir() for p in group.iterdir())
     return True
 
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlp_jax import registry, runner
-from mlp_jax.config import to_flat_dict
+from mlp_jax.config import apply_overrides, to_flat_dict
 from mlp_jax.summary import RunSummary
 from tests.helpers import (
     MODEL,
@@ -198,6 +198,20 @@ def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_fi
         assert client.get_run(session.run_id).data.tags["mlp_jax.continues_run"] == run_id
     finally:
         session.abort(None)
+
+
+def test_an_ensemble_killed_before_its_first_artifact_continues_its_run(store):
+    client = store.client
+    cfg = tracked(store.folder, store.csv, "ens", **{"train.epochs": "2", "train.members": "2"})
+    first = runner.run(cfg, progress=False)
+    run_id = first["mlflow_run_id"]
+    workdir = store.folder / "ens"
+    for step in [p for p in workdir.iterdir() if p.name.isdigit()]:  # as a kill -9 during training leaves it:
+        shutil.rmtree(step)  # the members' training checkpoints in group-0, no ensemble artifact yet
+    client.set_terminated(run_id, "FAILED")
+    again = runner.run(apply_overrides(cfg, ["train.epochs=3"]), progress=False)
+    assert again["mlflow_run_id"] == run_id and again["resumed_from_epoch"] == 2
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 def test_writer_sends_one_batch_per_epoch_in_the_background_and_flush_reports_failures(store):
