@@ -371,12 +371,12 @@ def check_closed_quotes(frame: pd.DataFrame, where: str, source: str | os.PathLi
     Raises:
       DataError: names the data row and column where the quote opened.
     """
-    if not len(frame) or _ends_with_quote(source):
+    if not len(frame):
         return
     row = frame.iloc[-1]
     for c in frame.columns:
         v = row[c]
-        if isinstance(v, str) and ("\n" in v or "\r" in v):
+        if isinstance(v, str) and ("\n" in v or "\r" in v) and not _ends_with_quote(source):
             lines = len(v.splitlines())
             raise DataError(
                 f"{where}: a quote opened in data row {first_row + len(frame) - 1}, column {c!r} is never closed; "

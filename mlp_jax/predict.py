@@ -217,14 +217,14 @@ def predict_csv(
     else:
         passed_fields = [pa.field(c, pa.string()) for c in passed]
     schema = pa.schema(passed_fields + output_fields(predictor))
-    numeric = [r["name"] for r in predictor.roles if r["role"] == "numeric"]
+    numeric = list(predictor.numeric_columns)
 
-    created = [p for p in reversed(dst.parents) if not p.exists()]
+    created = [p for p in dst.parents if not p.exists()]  # deepest first
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     except OSError as e:
-        for folder in reversed(created):  # leave no folder behind that this call made
+        for folder in created:  # leave no folder behind that this call made
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise BatchError(f"cannot write the output {dst}: {e.strerror or e}") from None

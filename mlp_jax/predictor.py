@@ -217,6 +217,11 @@ class Predictor:
         """Per input column: ``{"name", "role", "dtype", "nullable"}`` (dtype: double/string/boolean)."""
         return self._roles
 
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        """The input columns whose role is numeric, in input order."""
+        return tuple(r["name"] for r in self._roles if r["role"] == "numeric")
+
     # -------------------------------------------------------------------- encode
 
     def encode(self, rows: Any, unknown_counts: dict[str, int] | None = None, row_offset: int = 0) -> np.ndarray:

@@ -54,7 +54,9 @@ def check_workdir_kind(workdir: Path, members: int) -> None:
             f"workdir: {workdir} holds a single model's checkpoints; train.members={members} trains an ensemble: "
             "use another workdir, or train.members=1 to resume that run"
         )
-    if members == 1 and (workdir / "group-0").is_dir():
+    from mlp_jax.sweep import group_dir
+
+    if members == 1 and group_dir(workdir).is_dir():
         raise ConfigError(
             f"workdir: {workdir} holds an ensemble's checkpoints (group-0/); train.members=1 trains one model: "
             "use another workdir, or leave train.members at auto (or the ensemble's size) to resume it"
@@ -137,7 +139,7 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
                     flush=True,
                 )
 
-    group_dir = workdir / "group-0"
+    group_dir = sweep.group_dir(workdir)
     fresh = not group_dir.exists()
     try:
         result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)

@@ -227,11 +227,6 @@ def _check_cells(row: list[Any], what: str) -> None:
             raise InvalidInput(f"{what}, value {j}: expected a number, text or null, got {type(v).__name__}")
 
 
-def numeric_columns(predictor: Any) -> frozenset[str]:
-    """The input columns that take numbers (JSON numbers or null only, see :func:`check_numbers`)."""
-    return frozenset(r["name"] for r in predictor.roles if r["role"] == "numeric")
-
-
 def check_numbers(values: list[Any], column: str, what: str) -> None:
     """A numeric column's cells in a JSON body: numbers or null only.
 
@@ -411,7 +406,7 @@ class Service:
         # None when the predictor's input is not the model matrix (an exported folder takes raw columns).
         self._one_record = predictor.record_encoder()
         self._names = predictor.feature_names
-        self.numeric = numeric_columns(predictor)  # JSON cells there: numbers or null only
+        self.numeric = frozenset(predictor.numeric_columns)  # JSON cells there: numbers or null only (check_numbers)
 
     def check_count(self, n: int) -> None:
         if n == 0:

@@ -119,6 +119,12 @@ class Member:
     config: Config
 
 
+def group_dir(workdir: str | Path, group: int = 0) -> Path:
+    """Where group ``group`` of a sweep in ``workdir`` keeps its training checkpoints
+    (``train.members`` ensembles are one group: ``workdir/group-0``)."""
+    return Path(workdir) / f"group-{group}"
+
+
 def expand(config: Config) -> list[Member]:
     """The members of ``config.sweep``: the cartesian product, or ``sweep.samples`` draws.
 
@@ -585,7 +591,7 @@ def _run_group(
     start = 0
     timings = {"compile": 0.0, "train": 0.0, "checkpoint": 0.0}
 
-    store = _Store(Path(workdir) / f"group-{gi}") if workdir else None
+    store = _Store(group_dir(workdir, gi)) if workdir else None
     member_meta = [{"index": m.index, "values": {kk: _jsonable(v) for kk, v in m.values.items()}} for m in group]
     if store is not None and store.latest_step() is not None:
         step = store.latest_step()
@@ -843,6 +849,7 @@ __all__ = [
     "ensemble_scores",
     "expand",
     "freeze",
+    "group_dir",
     "group_members",
     "log_loss",
     "make_sweep_epoch",

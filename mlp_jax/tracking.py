@@ -214,10 +214,12 @@ def _read_run_file(workdir: Path) -> dict[str, Any] | None:
 def _has_checkpoint(workdir: Path) -> bool:
     """A model checkpoint in ``workdir``, or a ``train.members`` ensemble's training checkpoint
     (``workdir/group-0/<epoch>``: killed before its first ensemble artifact was saved)."""
+    from mlp_jax.sweep import group_dir
+
     try:
         resolve(workdir)
     except CheckpointError:
-        group = workdir / "group-0"
+        group = group_dir(workdir)
         return group.is_dir() and any(p.name.isdigit() and p.is_dir() for p in group.iterdir())
     return True
 
