@@ -15,6 +15,8 @@ Artifacts: the best member as a single model in checkpoints/sweep/best-member/<e
 with ``sweep.ensemble_top_k=K`` (K > 1, default 5 here), the top-K members of the best
 member's group (one network shape) as one deep ensemble in checkpoints/sweep/ensemble-top<K>/
 (served as the mean of the members' probabilities, with their standard deviation as spread).
+A member no better on validation than predicting the training class frequencies (or mean) is
+left out of the ensemble, and named.
 
 Regression (``data.task=regression``): the same, with the members' mean prediction and its
 standard deviation in the targets' units; the comparison and the champion gate use validation
@@ -24,8 +26,9 @@ Tracking (``tracking.enabled``, on by default; a store that cannot be used fails
 training): one MLflow parent run, one child run per member (its config and swept values as
 params, per-epoch metrics in one ``log_batch`` per member and epoch), the best member
 registered in its child run and the ensemble in the parent, both through the champion gate
-of ``tracking.registered_model``. An empty or malformed sweep spec is a named error before
-anything is written (no run, no workdir).
+of ``tracking.registered_model``. A killed or failed sweep continues its parent and member
+runs on rerun. An empty or malformed sweep spec is a named error before anything is written
+(no run, no workdir).
 
 Measured once with ``train.epochs=3`` on the shared 2-core CPU box (load average ~7, so the
 process got ~40% of the CPU: 27 s user in 73 s real; rerun on a quiet box): 16 members in one
@@ -166,7 +169,16 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     k = config.sweep.ensemble_top_k
     # compared: the ensemble that is saved and registered (the top-k of the best member's program;
     # k = sweep.ensemble_top_k, else 5), not the global top-k, which may span programs
-    top = sweep.ensemble_members(result, k if k > 1 else TOP)
+    ceiling = sweep.trivial_val_loss(config, dataset)
+    top = sweep.ensemble_members(result, k if k > 1 else TOP, ceiling)
+    left_out = sorted(set(sweep.ensemble_members(result, k if k > 1 else TOP)) - set(top))
+    if left_out:
+        print(
+            f"left out of the ensemble: member(s) {left_out}, whose validation loss is no better than predicting "
+            f"the training {'class frequencies' if classify else 'mean'} ({ceiling:.4g})"
+        )
+    if left_out:
+        ensemble["left_out"] = left_out
     if len(top) > 1:
         ids = top
         for split in ("val", "test"):
@@ -185,7 +197,7 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     tracked: dict[str, Any] = {}
     plan = [("best_member", "best-member", 1)] + ([("ensemble", f"ensemble-top{k}", k)] if k > 1 else [])
     for key, folder, n in plan:
-        ids = sweep.ensemble_members(result, n)
+        ids = sweep.ensemble_members(result, n, ceiling)
         if not ids or (key == "ensemble" and len(ids) < 2):
             if key == "ensemble":
                 print(

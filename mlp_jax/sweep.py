@@ -709,18 +709,46 @@ def _run_group(
 # ----------------------------------------------------------------------------- artifacts
 
 
-def ensemble_members(result: SweepResult, k: int) -> list[int]:
+def ensemble_members(result: SweepResult, k: int, ceiling: float = math.inf) -> list[int]:
     """The top-``k`` members that can form one ensemble artifact: best first, all in one group.
 
     An ensemble artifact holds one network shape, so when the global top-k span groups
     (different hidden sizes, say) the ensemble is the top-k *within the best member's group*
-    (it may then hold fewer than ``k`` members).
+    (it may then hold fewer than ``k`` members). Members after the best one join only with a
+    best validation loss below ``ceiling`` (:func:`trivial_val_loss`: a member that never
+    beat predicting the training targets' mean or class frequencies, e.g. one that diverged
+    to a huge but finite loss, would only drag the ensemble's mean away).
     """
     ranked = top_k(result, len(result.members))
     if not ranked:
         return []
     group = ranked[0].group
-    return [m.index for m in ranked if m.group == group][:k]
+    if k < 1:
+        return []
+    best, *rest = [m for m in ranked if m.group == group]
+    return [best.index, *[m.index for m in rest if m.best_val_loss < ceiling][: k - 1]]
+
+
+def trivial_val_loss(config: Config, dataset: Dataset) -> float:
+    """The validation loss of a model that learned nothing: the training class frequencies for
+    every row (log loss), or the training targets' mean (``train.loss``, MSE or Huber, in
+    standardised target units), as the members' ``val_loss`` measures it. inf when a
+    validation class never occurs in training (then no member is ever left out for it)."""
+    if dataset.task == "classification":
+        counts = np.bincount(dataset.y_train, minlength=len(dataset.classes)).astype(np.float64)
+        prior = counts[dataset.y_val] / counts.sum()
+        with np.errstate(divide="ignore"):
+            return float(-np.mean(np.log(prior))) if len(prior) else math.inf
+    y_train = np.asarray(dataset.y_train, np.float64)
+    residual = np.abs(np.asarray(dataset.y_val, np.float64) - y_train.mean(axis=0))
+    if len(residual) == 0:
+        return math.inf
+    if train.loss_name(config, dataset.task) == "huber":
+        d = config.train.huber_delta
+        per = np.where(residual <= d, 0.5 * residual**2, d * (residual - 0.5 * d))
+    else:
+        per = residual**2
+    return float(np.mean(per))
 
 
 def seeds_config(config: Config, k: int) -> Config:

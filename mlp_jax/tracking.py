@@ -426,11 +426,15 @@ class Session:
         self._done = True
 
     def write_run_file(self, workdir: Path, status: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        payload = {"run_id": self.run_id, "tracking_uri": self.uri, "status": status}
-        tmp = workdir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2))
-        os.replace(tmp, workdir / RUN_FILE)
+        _write_run_file(workdir, {"run_id": self.run_id, "tracking_uri": self.uri, "status": status})
+
+
+def _write_run_file(workdir: Path, payload: Mapping[str, Any]) -> None:
+    """``workdir/mlflow_run.json`` (which run a rerun continues), replaced atomically."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmp = workdir / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, workdir / RUN_FILE)
 
 
 def artifacts_beside(uri: str) -> str | None:
@@ -546,6 +550,11 @@ class RunsWriter:
         self._sender = _BatchSender(client, "mlflow-sweep-metrics")
 
     def write_scalars(self, run_id: str, step: int, scalars: Mapping[str, Any]) -> None:
+        """Queues one member's epoch; an epoch the run already holds (retrained after a resume:
+        bitwise the same values) is skipped."""
+        logged = self.logged.setdefault(run_id, set())
+        if int(step) in logged:
+            return
         ts = _now_ms()
         metrics = [
             Metric(k, float(v), ts, int(step))
@@ -553,7 +562,7 @@ class RunsWriter:
             if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(float(v))
         ]
         self._sender.put(run_id, metrics)
-        self.logged.setdefault(run_id, set()).add(int(step))
+        logged.add(int(step))
 
     def flush(self) -> None:
         self._sender.flush("member epoch metric batch(es)")
@@ -584,6 +593,7 @@ class SweepSession(Session):
         super().__init__(*args, **kwargs)
         self.children: dict[int, str] = {}
         self.runs_writer = RunsWriter(self.client)
+        self.workdir: Path | None = None  # where mlflow_run.json goes (set by start_sweep)
 
     def start_children(self, members: list[Any], experiment_id: str) -> None:
         for m in members:
@@ -602,6 +612,21 @@ class SweepSession(Session):
             params.append(Param("sweep.member", str(m.index)))
             for i in range(0, len(params), 100):
                 self.client.log_batch(run.info.run_id, params=params[i : i + 100])
+
+    def continue_children(self, children: Mapping[int, str]) -> None:
+        """Takes over the member runs of a killed or failed invocation of this sweep (RUNNING again),
+        with the epochs each already holds, so the resumed sweep logs only what is new."""
+        self.children = dict(children)
+        for run_id in self.children.values():
+            self.client.update_run(run_id, status="RUNNING")
+            self.runs_writer.logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
+
+    def write_run_file(self, workdir: Path, status: str) -> None:
+        """As :meth:`Session.write_run_file`, with the member runs (``children``: index -> run id)."""
+        _write_run_file(
+            workdir,
+            {"run_id": self.run_id, "tracking_uri": self.uri, "status": status, "children": self.children},
+        )
 
     def on_epoch(self, report: Any) -> None:
         """A :class:`mlp_jax.sweep.EpochReport`: each trained member's row to its child run."""
@@ -672,6 +697,8 @@ class SweepSession(Session):
                 client.set_terminated(run_id, "FINISHED")
             self._end("FINISHED")
             self._pending_version = None
+            if self.workdir is not None:
+                self.write_run_file(self.workdir, "FINISHED")
         except TrackingError:
             raise
         except Exception as e:
@@ -733,11 +760,56 @@ class SweepSession(Session):
         super().abort(exc)
 
 
-def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSession:
-    """Opens a sweep's parent run and its member runs before training (a new parent per invocation).
+def _sweep_has_checkpoint(workdir: Path) -> bool:
+    """A training checkpoint of some group of a sweep in ``workdir`` (``group-<g>/<epoch>``)."""
+    return any(
+        p.name.isdigit() and p.is_dir() for group in workdir.glob("group-*") if group.is_dir() for p in group.iterdir()
+    )
 
-    A resumed sweep gets a new parent and new children; :meth:`SweepSession.finish_sweep`
-    logs the epochs the checkpoint already held, so every child ends with its full history.
+
+def _continuable_sweep(
+    client: MlflowClient, workdir: Path, uri: str, experiment_id: str, members: list[Any]
+) -> tuple[str | None, dict[int, str], str | None]:
+    """``(parent to continue, its member runs, finished parent this one follows)`` for ``workdir``.
+
+    A sweep killed or failed after its first checkpoint is continued: the same parent and
+    member runs (recorded in ``workdir/mlflow_run.json``), when the store and experiment are
+    the same, every run is still there and active, and the members are the same ones. A
+    finished sweep's rerun opens new runs, tagged ``mlp_jax.continues_run``.
+    """
+    previous = _read_run_file(workdir)
+    if not previous or previous.get("tracking_uri") != uri or not _sweep_has_checkpoint(workdir):
+        return None, {}, None
+    try:
+        old = client.get_run(previous["run_id"])
+    except (MlflowException, KeyError):
+        return None, {}, None
+    if old.info.lifecycle_stage != "active":
+        return None, {}, None
+    if old.info.status == "FINISHED" or old.info.experiment_id != experiment_id:
+        return None, {}, old.info.run_id
+    raw = previous.get("children")
+    try:
+        children = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        runs = [client.get_run(r) for r in children.values()]
+    except (MlflowException, ValueError):
+        return None, {}, old.info.run_id
+    if sorted(children) != sorted(m.index for m in members) or any(
+        r.info.lifecycle_stage != "active" or r.data.tags.get("mlflow.parentRunId") != old.info.run_id for r in runs
+    ):
+        return None, {}, old.info.run_id
+    return old.info.run_id, children, None
+
+
+def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSession:
+    """Opens a sweep's parent run and its member runs before training.
+
+    A sweep killed (even by ``kill -9``) or failed after its first checkpoint continues its
+    parent and member runs on rerun: they are RUNNING again, epochs they already hold are
+    not logged twice, and :meth:`SweepSession.finish_sweep` ends them. Anything else (a
+    first run, a finished sweep's rerun, another store, other members) opens a new parent
+    and new member runs; :meth:`SweepSession.finish_sweep` logs the epochs the checkpoint
+    already held, so every child ends with its full history.
 
     Raises:
       TrackingError: the store is unreachable, locked or not writable, or the registered
@@ -745,16 +817,25 @@ def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSessio
     """
     cfg = config.tracking
     uri = _usable_store(config)
+    workdir = Path(config.resolved_workdir).resolve()
     session = None
     try:
         client, experiment = _open_experiment(config, uri)
-        run = mlflow.start_run(
-            experiment_id=experiment.experiment_id, run_name=config.name, nested=mlflow.active_run() is not None
-        )
-        session = SweepSession(config, dataset, uri, client, run.info.run_id, continued=False)
-        session.record_start(None)
+        continue_id, children, previous = _continuable_sweep(client, workdir, uri, experiment.experiment_id, members)
+        nested = mlflow.active_run() is not None
+        if continue_id:
+            run = mlflow.start_run(run_id=continue_id, nested=nested)
+        else:
+            run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.name, nested=nested)
+        session = SweepSession(config, dataset, uri, client, run.info.run_id, continued=bool(continue_id))
+        session.record_start(previous)
         client.set_tag(session.run_id, "mlp_jax.sweep_members", str(len(members)))
-        session.start_children(members, experiment.experiment_id)
+        if continue_id:
+            session.continue_children(children)
+        else:
+            session.start_children(members, experiment.experiment_id)
+        session.workdir = workdir
+        session.write_run_file(workdir, "RUNNING")
     except TrackingError:
         if session is not None:
             session.abort(None)
@@ -768,8 +849,9 @@ def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSessio
             "Fix the store or run with tracking.enabled=false"
         ) from e
     browse = f" (browse: mlflow ui --backend-store-uri {uri})" if uri.startswith("sqlite:") else ""
+    how = "continuing sweep run" if session.continued else "sweep run"
     print(
-        f"mlflow: sweep run {session.run_id} with {len(members)} member runs in experiment {cfg.experiment!r} at {uri}{browse}",
+        f"mlflow: {how} {session.run_id} with {len(members)} member runs in experiment {cfg.experiment!r} at {uri}{browse}",
         flush=True,
     )
     return session

@@ -442,8 +442,9 @@ def _env() -> dict[str, str]:
     }
 
 
-def _sweep_cmd(csv: Path, workdir: Path) -> list[str]:
-    args = _args(csv, workdir, **{"train.epochs": "12", "tracking.enabled": "false"})
+def _sweep_cmd(csv: Path, workdir: Path, uri: str | None = None) -> list[str]:
+    tracking = {"tracking.uri": uri} if uri else {"tracking.enabled": "false"}
+    args = _args(csv, workdir, **{"train.epochs": "12", **tracking})
     return [sys.executable, "-m", "experiments.sweep", *args]
 
 
@@ -452,16 +453,34 @@ def _params(step: str) -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path):
+def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path, mlflow_db):
+    """Bitwise the same models as an uninterrupted sweep, and in MLflow the same parent and member
+    runs, continued and finished, each epoch logged once (the killed sweep is tracked)."""
+    from mlflow.tracking import MlflowClient
+
     csv = write_tiny_csv(tmp_path / "data.csv", n=6000)
     ref = tmp_path / "ref"
     subprocess.run(_sweep_cmd(csv, ref), cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
     workdir = tmp_path / "killed"
-    cmd = _sweep_cmd(csv, workdir)
+    uri = mlflow_db(tmp_path)
+    cmd = _sweep_cmd(csv, workdir, uri)
     code = sigkill_when(cmd, _env(), (workdir / "group-0" / "3").exists, timeout=240)
     assert code == -signal.SIGKILL, "the sweep finished before it could be killed"
     assert not (workdir / "summary.json").exists()
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300, env=_env())
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    killed = {r.info.run_id: r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert len(killed) == 5 and set(killed.values()) == {"RUNNING"}  # a parent and 4 members, left running
+    rerun = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300, env=_env())
+    assert "continuing sweep run" in rerun.stdout
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.info.run_id for r in runs} == set(killed)  # no new runs
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    summary = json.loads((workdir / "summary.json").read_text())
+    for row in summary["members"]:
+        child = summary["member_runs"][str(row["member"])]
+        steps = [m.step for m in client.get_metric_history(child, "val_loss")]
+        assert sorted(steps) == list(range(1, row["epochs_run"] + 1)), (child, steps)
     a = json.loads((ref / "summary.json").read_text())
     b = json.loads((workdir / "summary.json").read_text())
     assert a["members"] == b["members"]

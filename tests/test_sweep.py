@@ -18,7 +18,7 @@ from mlp_jax import data as D
 from mlp_jax import model as M
 from mlp_jax import sweep as S
 from mlp_jax import train as T
-from tests.helpers import ROOT, tiny_config
+from tests.helpers import ROOT, tiny_config, write_regression_csv
 
 
 def _sweep_config(tmp_path, csv, **overrides):
@@ -267,3 +267,48 @@ def test_members_sharded_over_eight_devices_match_one(tmp_path, tiny_csv):
     for h8, h1 in zip(eight["histories"], [m.history for m in one.members], strict=True):
         np.testing.assert_allclose([h["val_loss"] for h in h8], [h["val_loss"] for h in h1], rtol=1e-5)
     assert [r["stopped"] for r in eight["table"]] == [m.stopped for m in one.members]
+
+
+# ----------------------------------------------------------------------------- ensemble membership
+
+
+def _member(index, loss, group=0):
+    return S.MemberResult(index, group, {}, loss, 1, 1, "patience", [])
+
+
+def test_members_no_better_than_a_trivial_model_stay_out_of_the_ensemble():
+    # member 3 "learned" nothing (a huge but finite loss), member 4 is NaN, member 5 is another program
+    losses = [0.30, 0.10, 0.20, 1e6, math.inf, 0.05]
+    result = S.SweepResult([_member(i, v, group=1 if i == 5 else 0) for i, v in enumerate(losses)], [])
+    assert S.ensemble_members(result, 4) == [5]  # the best member's program holds only itself
+    result.members[5] = _member(5, 0.05, group=0)
+    assert S.ensemble_members(result, 5) == [5, 1, 2, 0, 3]  # no ceiling: the top-5 finite members
+    assert S.ensemble_members(result, 5, ceiling=0.69) == [5, 1, 2, 0]
+    assert S.ensemble_members(result, 5, ceiling=0.15) == [5, 1]
+    # the best member always stays (it is the best there is), even above the ceiling
+    assert S.ensemble_members(result, 3, ceiling=0.01) == [5]
+    assert S.ensemble_members(result, 1, ceiling=0.69) == [5] and S.ensemble_members(result, 0) == []
+
+
+def test_trivial_val_loss_is_the_prior_or_the_mean_scored_like_a_member(tmp_path, tiny_csv):
+    from sklearn.metrics import log_loss
+
+    cfg = tiny_config(tmp_path, tiny_csv)
+    ds = D.prepare(cfg.data, cfg.seed)
+    prior = np.bincount(ds.y_train, minlength=ds.n_classes) / len(ds.y_train)
+    expected = log_loss(ds.y_val, np.tile(prior, (len(ds.y_val), 1)), labels=range(ds.n_classes))
+    assert S.trivial_val_loss(cfg, ds) == pytest.approx(expected, rel=1e-9)
+
+    csv = write_regression_csv(tmp_path / "reg.csv")
+    for loss, delta in (("mse", 1.0), ("huber", 0.5)):
+        rcfg = tiny_config(
+            tmp_path,
+            csv,
+            **{"data.target": "y1,y2", "data.task": "regression", "train.loss": loss, "train.huber_delta": str(delta)},
+        )
+        rds = D.prepare(rcfg.data, rcfg.seed)
+        # a member that outputs the training mean for every row, scored by the training loss itself
+        state = T.create_state(rcfg, T.network_spec(rcfg, rds), len(rds.y_train), "regression")
+        mean = np.broadcast_to(rds.y_train.mean(axis=0), rds.y_val.shape)
+        member = float(jnp.mean(T.row_losses(state, jnp.asarray(mean), jnp.asarray(rds.y_val))))
+        assert S.trivial_val_loss(rcfg, rds) == pytest.approx(member, rel=1e-5)
