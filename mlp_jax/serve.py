@@ -947,7 +947,12 @@ def main(argv: list[str] | None = None) -> int:
         "%s; listening on http://%s:%d with %d worker(s)", startup_line(predictor), args.host, args.port, args.workers
     )
     server_options: dict[str, Any] = dict(
-        host=args.host, port=args.port, loop=args.loop, http="httptools", access_log=False, log_level="warning"
+        host=args.host,
+        port=args.port,
+        loop=args.loop,
+        http="mlp_jax.http_protocol:GracefulHttpToolsProtocol",  # idle connections close gracefully at shutdown
+        access_log=False,
+        log_level="warning",
     )
     if args.workers == 1:
         # uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),

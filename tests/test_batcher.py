@@ -304,6 +304,39 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(trained_workdir, predic
 
 
 @pytest.mark.slow
+def test_a_request_sent_on_an_idle_connection_just_after_sigterm_is_answered_then_closed(trained_workdir, predictor):
+    """An idle keep-alive connection is not cut off at shutdown: a request it sends within the grace
+    is answered (Connection: close) instead of meeting a reset; new connections are refused."""
+    from mlp_jax.http_protocol import IDLE_GRACE_S
+
+    x = random_rows(predictor, 300, 9)
+    body = json.dumps({"instances": x.astype(np.float64).tolist()})
+    with real_server(trained_workdir) as (proc, port):
+        conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(3)]
+        for c in conns:  # keep-alive connections, idle when the signal comes
+            c.request("POST", "/predict", body, {"Content-Type": "application/json"})
+            r = c.getresponse()
+            assert r.status == 200 and r.getheader("connection") != "close"
+            r.read()
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # until shutdown has begun (the listener is closed), then at once the requests
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "the server kept accepting connections after SIGTERM"
+            time.sleep(IDLE_GRACE_S / 50)
+        for c in conns:
+            c.request("POST", "/predict", body, {"Content-Type": "application/json"})
+        for c in conns:
+            r = c.getresponse()
+            assert r.status == 200 and r.getheader("connection") == "close"
+            assert np.array_equal(np.float32(json.loads(r.read())["probabilities"]), predictor.predict_proba(x))
+        assert proc.wait(30) == 0, proc.stdout.read()[-3000:]
+
+
+@pytest.mark.slow
 def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_answering(trained_workdir, predictor):
     body = {"instances": random_rows(predictor, 4, 7).astype(np.float64).tolist()}
 
