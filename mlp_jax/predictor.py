@@ -674,6 +674,25 @@ class Predictor:
         """
         return self.output_frame(self.predict_outputs(frame), index=frame.index)
 
+    def shown_metrics(self) -> dict[str, Any]:
+        """The checkpoint's last epoch metrics, labelled with their units.
+
+        Regression models train on standardised targets, so their epoch loss and RMSE are in
+        those units: shown as ``<metric>_standardised``; with one target, ``train_rmse`` and
+        ``val_rmse`` are also given in the target's own units (RMSE scales with the target's
+        scale). Classification metrics are shown as they are.
+        """
+        metrics = dict(self.metrics)
+        if self.task != "regression":
+            return metrics
+        shown: dict[str, Any] = {}
+        for k, v in metrics.items():
+            standardised = k.split("_", 1)[-1] in ("loss", "rmse") and k.startswith(("train_", "val_"))
+            shown[f"{k}_standardised" if standardised else k] = v
+            if standardised and k.endswith("_rmse") and len(self.targets) == 1 and isinstance(v, (int, float)):
+                shown[k] = float(v) * float(self._y_scale[0])
+        return shown
+
     def describe(self) -> dict[str, Any]:
         """What ``/metadata`` shows: name, version, checkpoint, task, inputs with roles, classes/targets, metrics."""
         meta = self.meta
@@ -692,7 +711,7 @@ class Predictor:
             "output_columns": self.output_columns(),
             "n_features": self.n_features,
             "n_inputs": self.n_inputs,
-            "metrics": self.metrics,
+            "metrics": self.shown_metrics(),
             "dataset": dataclasses.asdict(meta.data),
             "buckets": list(self.buckets),
             "members": self.members,

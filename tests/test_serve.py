@@ -782,26 +782,34 @@ def test_regression_answers_on_predict_and_invocations(regression):
     assert r.json() == {"predictions": reference}
     meta = client.get("/metadata").json()
     assert meta["task"] == "regression" and meta["targets"] == ["y1", "y2"] and meta["classes"] == []
+    # two targets: epoch metrics only in standardised units (one RMSE over both has no single unit)
+    assert "val_rmse_standardised" in meta["metrics"] and "val_rmse" not in meta["metrics"]
 
 
 @pytest.mark.slow
 def test_single_target_regression_answers_one_number(tmp_path_factory):
-    predictor = Predictor.load(
-        trained_once(
-            tmp_path_factory,
-            "regression-one",
-            _regression_csv(tmp_path_factory),
-            **{"data.target": "y1", "data.task": "regression"},
-        )
+    workdir = trained_once(
+        tmp_path_factory,
+        "regression-one",
+        _regression_csv(tmp_path_factory),
+        **{"data.target": "y1", "data.task": "regression"},
     )
+    predictor = Predictor.load(workdir)
     row = pd.read_csv(_regression_csv(tmp_path_factory)).drop(columns=["y1"]).head(2)
     records = json.loads(row.to_json(orient="records"))
     with TestClient(serve.create_app(predictor)) as c:
         one = _post(c, "/predict", {"features": records[0]}).json()
         inv = _post(c, "/invocations", {"dataframe_records": records}).json()
+        metrics = c.get("/metadata").json()["metrics"]
     expected = predictor.predict_outputs(row)[:, 0].tolist()
     assert one == {"prediction": expected[0], "targets": ["y1"]}
     assert inv == {"predictions": [{"prediction": v} for v in expected]}
+    # epoch metrics are labelled standardised; the RMSE is also in y1's units: the run's own
+    # best validation RMSE, computed from decoded predictions
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert {"val_loss_standardised", "val_rmse_standardised", "train_loss_standardised"} <= set(metrics)
+    assert "val_loss" not in metrics and metrics["epoch"] == summary["best_epoch"]
+    assert metrics["val_rmse"] == pytest.approx(summary["best_val_rmse"], rel=1e-4)
 
 
 def _regression_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
