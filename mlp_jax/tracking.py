@@ -774,8 +774,8 @@ def _continuable_sweep(
 
     A sweep killed or failed after its first checkpoint is continued: the same parent and
     member runs (recorded in ``workdir/mlflow_run.json``), when the store and experiment are
-    the same, every run is still there and active, and the members are the same ones. A
-    finished sweep's rerun opens new runs, tagged ``mlp_jax.continues_run``.
+    the same, every run is still there and active, and the members are the same ones (index
+    and swept values). A finished sweep's rerun opens new runs, tagged ``mlp_jax.continues_run``.
     """
     previous = _read_run_file(workdir)
     if not previous or previous.get("tracking_uri") != uri or not _sweep_has_checkpoint(workdir):
@@ -791,11 +791,15 @@ def _continuable_sweep(
     raw = previous.get("children")
     try:
         children = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-        runs = [client.get_run(r) for r in children.values()]
+        runs = {i: client.get_run(r) for i, r in children.items()}
     except (MlflowException, ValueError):
         return None, {}, old.info.run_id
-    if sorted(children) != sorted(m.index for m in members) or any(
-        r.info.lifecycle_stage != "active" or r.data.tags.get("mlflow.parentRunId") != old.info.run_id for r in runs
+    values = {m.index: json.dumps(m.values, default=str) for m in members}
+    if sorted(runs) != sorted(values) or any(
+        r.info.lifecycle_stage != "active"
+        or r.data.tags.get("mlflow.parentRunId") != old.info.run_id
+        or r.data.tags.get("mlp_jax.sweep_values") != values[i]
+        for i, r in runs.items()
     ):
         return None, {}, old.info.run_id
     return old.info.run_id, children, None

@@ -418,3 +418,42 @@ def test_dataset_schema_uses_the_real_column_names_even_a_feature_called_target(
     types = {c["name"]: c["type"] for c in schema}
     assert types == {"target": "double", "colour": "string", "label": "string"}
     assert next(c for c in schema if c["name"] == "colour")["required"] is False  # it has gaps
+
+
+def test_which_sweep_runs_a_rerun_continues(tmp_path, mlflow_db):
+    """A killed sweep's parent and member runs are continued only when they are that sweep's: same
+    store, experiment and members (index and swept values), a checkpoint to resume, not finished."""
+    uri = mlflow_db(tmp_path)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("e")
+    members = [SimpleNamespace(index=i, values={"seed": i}) for i in range(2)]
+    workdir = tmp_path / "w"
+
+    def killed_sweep() -> tuple[str, dict[int, str]]:
+        parent = client.create_run(exp).info.run_id
+        kids = {
+            m.index: client.create_run(
+                exp, tags={"mlflow.parentRunId": parent, "mlp_jax.sweep_values": json.dumps(m.values)}
+            ).info.run_id
+            for m in members
+        }
+        workdir.mkdir(exist_ok=True)
+        run_file = {"run_id": parent, "tracking_uri": uri, "status": "RUNNING", "children": kids}
+        (workdir / tracking.RUN_FILE).write_text(json.dumps(run_file))
+        return parent, kids
+
+    parent, kids = killed_sweep()
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)  # no checkpoint
+    (workdir / "group-0" / "3").mkdir(parents=True)
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (parent, kids, None)
+    assert tracking._continuable_sweep(client, workdir, "sqlite:///other.db", exp, members) == (None, {}, None)
+    other = [SimpleNamespace(index=i, values={"seed": i + 1}) for i in range(2)]
+    assert tracking._continuable_sweep(client, workdir, uri, exp, other) == (None, {}, parent)
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members[:1]) == (None, {}, parent)
+    client.delete_run(kids[1])
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, parent)
+    parent, kids = killed_sweep()
+    client.set_terminated(parent, "FINISHED")  # a finished sweep is followed, never reopened
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, parent)
+    (workdir / tracking.RUN_FILE).write_text("{not json")
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)
