@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,9 +206,10 @@ def _dataset_entity(dataset: Any) -> Any:
 
 def _read_run_file(workdir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((workdir / RUN_FILE).read_text())
+        previous = json.loads((workdir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return previous if isinstance(previous, dict) else None
 
 
 def _has_checkpoint(workdir: Path) -> bool:
@@ -485,6 +486,37 @@ def _usable_store(config: Config) -> str:
     return uri
 
 
+def _previous_run(
+    client: MlflowClient, workdir: Path, uri: str, experiment_id: str, has_checkpoint: Callable[[Path], bool]
+) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """``(the run file, run id to continue, finished run id to follow)`` for a run in ``workdir``.
+
+    The run recorded in ``workdir/mlflow_run.json`` is continued when it is in this store and
+    experiment, still there, not finished, and ``workdir`` holds a checkpoint to resume; a
+    finished one (or one in another experiment) is followed by a new run instead.
+    """
+    previous = _read_run_file(workdir)
+    if not previous or previous.get("tracking_uri") != uri or not has_checkpoint(workdir):
+        return previous, None, None
+    try:
+        old = client.get_run(previous["run_id"])
+    except (MlflowException, KeyError):
+        return previous, None, None
+    if old.info.lifecycle_stage != "active":
+        return previous, None, None
+    if old.info.status == "FINISHED" or old.info.experiment_id != experiment_id:
+        return previous, None, old.info.run_id
+    return previous, old.info.run_id, None
+
+
+def _start_run(config: Config, experiment_id: str, continue_id: str | None) -> str:
+    """Starts (fluent, nested under an active run if any) the run ``continue_id`` or a new one."""
+    nested = mlflow.active_run() is not None
+    if continue_id:
+        return mlflow.start_run(run_id=continue_id, nested=nested).info.run_id
+    return mlflow.start_run(experiment_id=experiment_id, run_name=config.name, nested=nested).info.run_id
+
+
 def start(config: Config, dataset: Any) -> Session:
     """Opens (or continues) the MLflow run for ``config`` before training.
 
@@ -498,24 +530,9 @@ def start(config: Config, dataset: Any) -> Session:
     session = None
     try:
         client, experiment = _open_experiment(config, uri)
-        previous = _read_run_file(workdir)
-        continue_id, continues = None, None
-        if previous and previous.get("tracking_uri") == uri and _has_checkpoint(workdir):
-            try:
-                old = client.get_run(previous["run_id"])
-            except MlflowException:
-                old = None
-            if old is not None and old.info.lifecycle_stage == "active":
-                if old.info.status == "FINISHED" or old.info.experiment_id != experiment.experiment_id:
-                    continues = old.info.run_id
-                else:
-                    continue_id = old.info.run_id
-        nested = mlflow.active_run() is not None
-        if continue_id:
-            run = mlflow.start_run(run_id=continue_id, nested=nested)
-        else:
-            run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.name, nested=nested)
-        session = Session(config, dataset, uri, client, run.info.run_id, continued=bool(continue_id))
+        _, continue_id, continues = _previous_run(client, workdir, uri, experiment.experiment_id, _has_checkpoint)
+        run_id = _start_run(config, experiment.experiment_id, continue_id)
+        session = Session(config, dataset, uri, client, run_id, continued=bool(continue_id))
         session.record_start(continues)
         session.write_run_file(workdir, "RUNNING")
     except TrackingError:
@@ -777,32 +794,24 @@ def _continuable_sweep(
     the same, every run is still there and active, and the members are the same ones (index
     and swept values). A finished sweep's rerun opens new runs, tagged ``mlp_jax.continues_run``.
     """
-    previous = _read_run_file(workdir)
-    if not previous or previous.get("tracking_uri") != uri or not _sweep_has_checkpoint(workdir):
-        return None, {}, None
-    try:
-        old = client.get_run(previous["run_id"])
-    except (MlflowException, KeyError):
-        return None, {}, None
-    if old.info.lifecycle_stage != "active":
-        return None, {}, None
-    if old.info.status == "FINISHED" or old.info.experiment_id != experiment_id:
-        return None, {}, old.info.run_id
+    previous, parent, finished = _previous_run(client, workdir, uri, experiment_id, _sweep_has_checkpoint)
+    if previous is None or parent is None:
+        return None, {}, finished
     raw = previous.get("children")
     try:
         children = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
         runs = {i: client.get_run(r) for i, r in children.items()}
     except (MlflowException, ValueError):
-        return None, {}, old.info.run_id
+        return None, {}, parent
     values = {m.index: json.dumps(m.values, default=str) for m in members}
     if sorted(runs) != sorted(values) or any(
         r.info.lifecycle_stage != "active"
-        or r.data.tags.get("mlflow.parentRunId") != old.info.run_id
+        or r.data.tags.get("mlflow.parentRunId") != parent
         or r.data.tags.get("mlp_jax.sweep_values") != values[i]
         for i, r in runs.items()
     ):
-        return None, {}, old.info.run_id
-    return old.info.run_id, children, None
+        return None, {}, parent
+    return parent, children, None
 
 
 def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSession:
@@ -826,12 +835,8 @@ def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSessio
     try:
         client, experiment = _open_experiment(config, uri)
         continue_id, children, previous = _continuable_sweep(client, workdir, uri, experiment.experiment_id, members)
-        nested = mlflow.active_run() is not None
-        if continue_id:
-            run = mlflow.start_run(run_id=continue_id, nested=nested)
-        else:
-            run = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=config.name, nested=nested)
-        session = SweepSession(config, dataset, uri, client, run.info.run_id, continued=bool(continue_id))
+        run_id = _start_run(config, experiment.experiment_id, continue_id)
+        session = SweepSession(config, dataset, uri, client, run_id, continued=bool(continue_id))
         session.record_start(previous)
         client.set_tag(session.run_id, "mlp_jax.sweep_members", str(len(members)))
         if continue_id:

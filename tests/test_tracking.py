@@ -455,5 +455,6 @@ def test_which_sweep_runs_a_rerun_continues(tmp_path, mlflow_db):
     parent, kids = killed_sweep()
     client.set_terminated(parent, "FINISHED")  # a finished sweep is followed, never reopened
     assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, parent)
-    (workdir / tracking.RUN_FILE).write_text("{not json")
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)
+    for damaged in ("{not json", "[1, 2]", json.dumps({"tracking_uri": uri})):
+        (workdir / tracking.RUN_FILE).write_text(damaged)
+        assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)
