@@ -37,5 +37,39 @@ def enable() -> str | None:
     except ImportError:  # the GPU image may lack it: JAX's unbounded, unlocked default
         pass
     else:
+        add_missing_access_times(Path(where))
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     return where
+
+
+def add_missing_access_times(folder: Path, timeout_s: float = 10.0) -> int:
+    """Gives every entry of a capped cache the access-time file JAX's eviction needs; returns how many.
+
+    With a size cap, JAX keeps ``<key>-atime`` beside each ``<key>-cache`` entry and reads
+    every one of them before each write (``jax._src.lru_cache``). An entry written without
+    the cap (an older version of this project, a process without ``filelock``, JAX's own
+    default) has none, and from then on every write fails with a FileNotFoundError warning:
+    the cache silently stops growing. Such entries get their file's modification time as
+    their last access, under the lock JAX itself takes. Nothing is done when the lock stays
+    taken past ``timeout_s`` (another process is busy in the cache; it will be repaired next time).
+    """
+    import filelock
+
+    if not folder.is_dir():
+        return 0
+    added = 0
+    try:
+        with filelock.FileLock(folder / ".lockfile", timeout=timeout_s):
+            for entry in folder.glob("*-cache"):
+                stamp = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+                if stamp.exists():
+                    continue
+                try:
+                    when = entry.stat().st_mtime_ns
+                except FileNotFoundError:  # evicted meanwhile by a process not taking the lock
+                    continue
+                stamp.write_bytes(when.to_bytes(8, "little"))
+                added += 1
+    except (filelock.Timeout, OSError):
+        return added
+    return added

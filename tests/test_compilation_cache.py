@@ -28,6 +28,7 @@ def _run(cache: str) -> dict[str, str]:
         [sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=120, check=True
     )
     assert "Error reading persistent compilation cache" not in out.stderr, out.stderr
+    assert "Error writing persistent compilation cache" not in out.stderr, out.stderr
     return dict(line.split(" ", 1) for line in out.stdout.splitlines())
 
 
@@ -45,3 +46,21 @@ def test_second_process_reads_the_program_and_the_cache_is_capped_and_locked(tmp
 
 def test_off_leaves_jax_without_a_cache(tmp_path: Path):
     assert _run("off") == {"dir": "None", "max": "-1", "hits": "0"}
+
+
+def test_entries_written_without_the_cap_get_access_times_and_writes_keep_working(tmp_path: Path):
+    """An entry from a process that wrote without the size cap (no ``-atime`` file) used to make
+    every later write fail with a warning, so the cache stopped growing."""
+    from mlp_jax.compilation_cache import add_missing_access_times
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "jit_stray-0123-cache").write_bytes(b"an entry written without the cap")
+    first = _run(str(cache))  # asserts no read or write error was printed
+    assert first["hits"] == "0"
+    assert (cache / "jit_stray-0123-atime").exists()
+    written = [p for p in cache.iterdir() if p.name.endswith("-cache") and "stray" not in p.name]
+    assert written, "the program was not written to the cache"
+    assert _run(str(cache))["hits"] == str(len(written))
+    assert add_missing_access_times(cache) == 0  # every entry has one now
+    assert add_missing_access_times(tmp_path / "missing") == 0
