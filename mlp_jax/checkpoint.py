@@ -140,8 +140,9 @@ class Checkpointer:
             )
         if data_digest is not None and meta.data.digest != data_digest:
             raise CheckpointError(
-                f"refusing to resume {where}: the data changed "
-                f"(digest {meta.data.digest} in the checkpoint, {data_digest} now: {meta.data.source})"
+                f"refusing to resume {where}: the data changed (the checkpoint was trained on {meta.data.source}, "
+                f"digest {meta.data.digest}; the data given now has digest {data_digest}). A workdir holds one run: "
+                "to train on other data, use another workdir (e.g. workdir=checkpoints/my-table)"
             )
         stored = from_dict(meta.config)
         differing = diff(stored, config, ignore=RESUMABLE_KEYS)

@@ -52,14 +52,14 @@ def check_workdir_kind(workdir: Path, members: int) -> None:
     if members > 1 and single:
         raise ConfigError(
             f"workdir: {workdir} holds a single model's checkpoints; train.members={members} trains an ensemble: "
-            "use another workdir, or train.members=1 to resume that run"
+            "use another workdir (e.g. workdir=checkpoints/my-table), or train.members=1 to resume that run"
         )
     from mlp_jax.sweep import group_dir
 
     if members == 1 and group_dir(workdir).is_dir():
         raise ConfigError(
             f"workdir: {workdir} holds an ensemble's checkpoints (group-0/); train.members=1 trains one model: "
-            "use another workdir, or leave train.members at auto (or the ensemble's size) to resume it"
+            "use another workdir (e.g. workdir=checkpoints/my-table), or leave train.members at auto (or the ensemble's size) to resume it"
         )
 
 

@@ -847,7 +847,10 @@ def _check_resume(
     if meta.get("format") != META_FORMAT:
         raise SweepError(f"{where}/{step}: sweep checkpoint format {meta.get('format')!r}, expected {META_FORMAT}")
     if meta["data"]["digest"] != dataset.digest:
-        raise SweepError(f"refusing to resume {where} (epoch {step}): the data changed ({meta['data']['source']})")
+        raise SweepError(
+            f"refusing to resume {where} (epoch {step}): the data changed (the checkpoint was trained on "
+            f"{meta['data']['source']}); to train on other data, use another workdir (e.g. workdir=checkpoints/my-sweep)"
+        )
     stored = from_dict(meta["config"])
     differing = diff(stored, config, ignore=RESUMABLE_KEYS)
     if differing or meta["members"] != json.loads(json.dumps(member_meta)):
