@@ -106,10 +106,6 @@ def _gate(
     if champion is None:
         return GateDecision(True, "no champion yet", challenger_val_loss)
     version, loss, champ_digest = champion.get("version"), champion.get("val_loss"), champion.get("dataset_digest")
-    if loss is None or champ_digest is None:
-        return GateDecision(
-            False, f"champion v{version} has no recorded {metric} or dataset digest", challenger_val_loss, version
-        )
     champ_validation = champion.get("validation_set")
     if validation is not None and champ_validation is not None and champ_validation != validation:
         return GateDecision(
@@ -120,7 +116,7 @@ def _gate(
             version,
             loss,
         )
-    if champ_digest != digest:
+    if champ_digest is not None and champ_digest != digest:
         return GateDecision(
             False,
             f"not comparable: champion v{version} was validated on dataset {champ_digest}, this run on {digest} "
@@ -129,6 +125,9 @@ def _gate(
             version,
             loss,
         )
+    if loss is None or champ_digest is None:  # comparable as far as is known, but nothing to compare with
+        missing = " and ".join(w for w, v in ((metric, loss), ("dataset digest", champ_digest)) if v is None)
+        return GateDecision(False, f"champion v{version} has no recorded {missing}", challenger_val_loss, version)
     if challenger_val_loss < loss:
         return GateDecision(
             True, f"{challenger_val_loss:.6g} < champion v{version} {loss:.6g}", challenger_val_loss, version, loss
@@ -224,11 +223,12 @@ def register(
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, mv.version)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
-    before = (
-        f"v{decision.champion_version} ({decision.champion_val_loss:.6g})"
-        if decision.champion_val_loss is not None
-        else "none"
-    )
+    if decision.champion_version is None:
+        before = "none"
+    elif decision.champion_val_loss is None:
+        before = f"v{decision.champion_version} (no {metric})"
+    else:
+        before = f"v{decision.champion_version} ({decision.champion_val_loss:.6g})"
     print(
         f"mlflow: registered {name} v{mv.version}; champion gate on {metric} "
         f"(dataset {dataset_digest}): {val_loss:.6g} vs champion {before} -> "

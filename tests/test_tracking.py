@@ -157,6 +157,13 @@ def test_gate_compares_only_on_the_same_validation_set():
     assert registry.champion_gate(0.06, "abc", champ, validation=a).promote
     old = {k: v for k, v in champ.items() if k != "validation_set"}  # registered before the tag: digest only
     assert registry.champion_gate(0.06, "abc", old, validation=a).promote
+    # a regression challenger against a classification champion of the same file: the champion has no
+    # best_val_rmse, but the reason is that they are not comparable, not the missing number
+    b = registry.validation_set("abc", "regression", ("price",), 0, 0.15, 0.15)
+    d = registry.champion_gate(57.8, "abc", {**champ, "val_loss": None}, metric="best_val_rmse", validation=b)
+    assert not d.promote and d.reason.startswith("not comparable") and "regression" in d.reason
+    d = registry.champion_gate(57.8, "abc", {**champ, "val_loss": None}, metric="best_val_rmse", validation=a)
+    assert not d.promote and d.reason == "champion v1 has no recorded best_val_rmse"
 
 
 def test_a_run_on_other_validation_rows_never_takes_the_champion(store):
