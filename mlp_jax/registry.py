@@ -167,6 +167,53 @@ class Registration:
     gate: GateOutcome
 
 
+#: Version tag naming the checkpoint step folder a version was logged from.
+CHECKPOINT_TAG = "mlp_jax.checkpoint"
+
+
+def already_registered(
+    client: MlflowClient, name: str, checkpoint: str, val_loss: float, metric: str, validation: str | None
+) -> Registration | None:
+    """The version of ``name`` holding this very model, if one exists: logged from the same
+    checkpoint step folder with bitwise the same validation number on the same validation set.
+
+    A rerun that trained nothing (a finished run run again, a sweep killed while registering)
+    reaches the registry with a model that is already there; it gets that version back
+    instead of a duplicate. A retrained model in the same folder has another validation
+    number (in ``repr``, all 17 digits) unless training repeated bitwise, and then it is the
+    same model.
+    """
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = mv.tags or {}
+        if (
+            tags.get(CHECKPOINT_TAG) == checkpoint
+            and tags.get(metric) == repr(val_loss)
+            and tags.get("validation_set") == validation
+        ):
+            champion = current_champion(client, name, metric)
+            is_champion = champion is not None and str(champion.get("version")) == str(mv.version)
+            reason = f"already registered as v{mv.version} (same checkpoint and {metric}); not registered again"
+            print(f"mlflow: {name}: {reason}", flush=True)
+            return Registration(
+                model_version=str(mv.version),
+                model_uri=f"models:/{name}/{mv.version}",
+                champion=is_champion,
+                gate=GateOutcome(
+                    metric=metric,
+                    challenger_val_loss=val_loss,
+                    champion_version=None if champion is None else str(champion.get("version")),
+                    champion_val_loss=None if champion is None else champion.get("val_loss"),
+                    decision="already registered",
+                    reason=reason,
+                ),
+            )
+    return None
+
+
 def register(
     client: MlflowClient,
     info: Any,
@@ -181,8 +228,12 @@ def register(
     pending: Callable[[str | None], None] = lambda version: None,
     metric: str = GATE_METRIC,
     validation: str | None = None,
+    checkpoint: str | None = None,
 ) -> Registration:
     """Registers the logged model ``info`` as a new version of ``name`` and runs the champion gate.
+
+    ``checkpoint`` (the step folder the model was logged from) is kept as the version's
+    :data:`CHECKPOINT_TAG`, which :func:`already_registered` looks for.
 
     ``pending(version)`` is told the new version as soon as it exists (so the caller can
     delete it if anything after fails).
@@ -198,6 +249,7 @@ def register(
         "dataset_source": dataset_source,
         "test_accuracy": repr(test_accuracy),
         "experiment": experiment,
+        **({CHECKPOINT_TAG: checkpoint} if checkpoint is not None else {}),
         **decision.tags(),
     }
     try:

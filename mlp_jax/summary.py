@@ -91,7 +91,7 @@ class GateOutcome:
     challenger_val_loss: float
     champion_version: str | None
     champion_val_loss: float | None
-    decision: str  # "promoted" or "rejected"
+    decision: str  # "promoted", "rejected" or "already registered" (a rerun with a model already there)
     reason: str
 
 

@@ -239,6 +239,33 @@ class Session:
         self.writer = MlflowWriter(client, run_id)
         self._pending_version: str | None = None
         self._done = False
+        self.workdir: Path | None = None  # where mlflow_run.json goes (keep_run_file)
+        self._run_file_before: str | None = None
+
+    def keep_run_file(self, workdir: Path) -> None:
+        """Remembers ``workdir``'s run file as it is before this session replaces it, for :meth:`abort`."""
+        self.workdir = workdir
+        try:
+            self._run_file_before = (workdir / RUN_FILE).read_text()
+        except OSError:
+            self._run_file_before = None
+
+    def _trained_nothing(self) -> bool:
+        """No epoch was logged by this session (a failure before training: a refused resume, bad data)."""
+        return not self.writer.logged_steps
+
+    def _put_back_run_file(self) -> None:
+        """A new run that failed before training gives the workdir its previous run file back, so a
+        run killed earlier can still be continued by the next correct rerun."""
+        if self.workdir is None or self.continued or not self._trained_nothing():
+            return
+        path = self.workdir / RUN_FILE
+        if self._run_file_before is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = self.workdir / f".{RUN_FILE}.tmp"
+            tmp.write_text(self._run_file_before)
+            os.replace(tmp, path)
 
     # ------------------------------------------------------------------ start
 
@@ -354,9 +381,17 @@ class Session:
         return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
 
     def _register(self, checkpoint: str, summary: RunSummary, final: dict[str, float]) -> registry.Registration:
-        """Logs the model, registers a version and runs the champion gate (:mod:`mlp_jax.registry`)."""
+        """Logs the model, registers a version and runs the champion gate (:mod:`mlp_jax.registry`);
+        a model already registered (a rerun that trained nothing) gets its version back instead."""
         from mlp_jax import pyfunc
 
+        metric = registry.GATE_METRICS[self.dataset.task]
+        val_loss = float(summary.metric(metric) or math.nan)
+        name = self.config.tracking.registered_model
+        existing = registry.already_registered(self.client, name, checkpoint, val_loss, metric, self._validation_set())
+        if existing is not None:
+            mlflow.log_metrics(final, run_id=self.run_id, dataset=self.mlflow_dataset)
+            return existing
         info = pyfunc.log_model(
             checkpoint,
             params={k: _param_value(v) for k, v in to_flat_dict(self.config).items()},
@@ -367,15 +402,16 @@ class Session:
             self.client,
             info,
             run_id=self.run_id,
-            name=self.config.tracking.registered_model,
+            name=name,
             experiment=self.config.name,
-            val_loss=float(summary.metric(registry.GATE_METRICS[self.dataset.task]) or math.nan),
-            metric=registry.GATE_METRICS[self.dataset.task],
+            val_loss=val_loss,
+            metric=metric,
             dataset_digest=self.dataset.digest,
             dataset_source=str(self.dataset.source),
             test_accuracy=final.get("test_accuracy"),
             pending=self._set_pending,
             validation=self._validation_set(),
+            checkpoint=checkpoint,
         )
 
     def _validation_set(self) -> str:
@@ -412,6 +448,10 @@ class Session:
             self._end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         except Exception as e:
             print(f"mlflow: could not end run {self.run_id}: {e}", flush=True)
+        try:
+            self._put_back_run_file()
+        except OSError as e:
+            print(f"mlflow: could not restore {RUN_FILE} in {self.workdir}: {e}", flush=True)
 
     def _delete_pending(self) -> None:
         if self._pending_version is not None:
@@ -486,27 +526,62 @@ def _usable_store(config: Config) -> str:
     return uri
 
 
+@dataclass(frozen=True)
+class _Previous:
+    """What ``workdir/mlflow_run.json`` says about the run before this one (:func:`_previous_run`)."""
+
+    file: dict[str, Any] | None  # the run file's content (None: none, or damaged)
+    continue_id: str | None = None  # an interrupted run this one continues
+    follows: str | None = None  # a finished run this one follows (tag mlp_jax.continues_run)
+    stranded: tuple[str, ...] = ()  # runs left RUNNING by an invocation killed before its first checkpoint
+
+
 def _previous_run(
     client: MlflowClient, workdir: Path, uri: str, experiment_id: str, has_checkpoint: Callable[[Path], bool]
-) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """``(the run file, run id to continue, finished run id to follow)`` for a run in ``workdir``.
+) -> _Previous:
+    """The run before this one in ``workdir``, and what to do with it.
 
     The run recorded in ``workdir/mlflow_run.json`` is continued when it is in this store and
     experiment, still there, not finished, and ``workdir`` holds a checkpoint to resume; a
-    finished one (or one in another experiment) is followed by a new run instead.
+    finished one (or one in another experiment) is followed by a new run instead. One still
+    RUNNING with no checkpoint to resume was killed before its first one: nothing can
+    continue it, so it (and its member runs) are ``stranded``, to be ended.
     """
     previous = _read_run_file(workdir)
-    if not previous or previous.get("tracking_uri") != uri or not has_checkpoint(workdir):
-        return previous, None, None
+    if not previous or previous.get("tracking_uri") != uri:
+        return _Previous(previous)
+    if not isinstance(previous.get("run_id"), str) or not previous["run_id"]:  # a damaged file: as none
+        return _Previous(None)
     try:
         old = client.get_run(previous["run_id"])
-    except (MlflowException, KeyError):
-        return previous, None, None
+    except MlflowException:
+        return _Previous(previous)
     if old.info.lifecycle_stage != "active":
-        return previous, None, None
+        return _Previous(previous)
+    if not has_checkpoint(workdir):
+        if old.info.status != "RUNNING":
+            return _Previous(previous)
+        children = previous.get("children")
+        kids = tuple(str(r) for r in children.values()) if isinstance(children, dict) else ()
+        return _Previous(previous, stranded=(old.info.run_id, *kids))
     if old.info.status == "FINISHED" or old.info.experiment_id != experiment_id:
-        return previous, None, old.info.run_id
-    return previous, old.info.run_id, None
+        return _Previous(previous, follows=old.info.run_id)
+    return _Previous(previous, continue_id=old.info.run_id)
+
+
+def _end_stranded(client: MlflowClient, runs: tuple[str, ...], successor: str) -> None:
+    """Marks runs of an invocation killed before its first checkpoint FAILED, naming the run that
+    replaced them (their own process is gone; nothing else would ever end them)."""
+    for run_id in runs:
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                continue
+            client.set_tag(
+                run_id, "mlp_jax.error", f"killed before its first checkpoint; the rerun is MLflow run {successor}"
+            )
+            client.set_terminated(run_id, "FAILED")
+        except MlflowException as e:
+            print(f"mlflow: could not end the interrupted run {run_id}: {e}", flush=True)
 
 
 def _start_run(config: Config, experiment_id: str, continue_id: str | None) -> str:
@@ -530,10 +605,13 @@ def start(config: Config, dataset: Any) -> Session:
     session = None
     try:
         client, experiment = _open_experiment(config, uri)
-        _, continue_id, continues = _previous_run(client, workdir, uri, experiment.experiment_id, _has_checkpoint)
+        prev = _previous_run(client, workdir, uri, experiment.experiment_id, _has_checkpoint)
+        continue_id = prev.continue_id
         run_id = _start_run(config, experiment.experiment_id, continue_id)
         session = Session(config, dataset, uri, client, run_id, continued=bool(continue_id))
-        session.record_start(continues)
+        session.keep_run_file(workdir)
+        session.record_start(prev.follows)
+        _end_stranded(client, prev.stranded, run_id)
         session.write_run_file(workdir, "RUNNING")
     except TrackingError:
         raise
@@ -610,7 +688,6 @@ class SweepSession(Session):
         super().__init__(*args, **kwargs)
         self.children: dict[int, str] = {}
         self.runs_writer = RunsWriter(self.client)
-        self.workdir: Path | None = None  # where mlflow_run.json goes (set by start_sweep)
 
     def start_children(self, members: list[Any], experiment_id: str) -> None:
         for m in members:
@@ -630,13 +707,19 @@ class SweepSession(Session):
             for i in range(0, len(params), 100):
                 self.client.log_batch(run.info.run_id, params=params[i : i + 100])
 
+    def _trained_nothing(self) -> bool:
+        return not any(self.runs_writer.logged.values())
+
     def continue_children(self, children: Mapping[int, str]) -> None:
         """Takes over the member runs of a killed or failed invocation of this sweep (RUNNING again),
         with the epochs each already holds, so the resumed sweep logs only what is new."""
         self.children = dict(children)
         for run_id in self.children.values():
             self.client.update_run(run_id, status="RUNNING")
-            self.runs_writer.logged[run_id] = {m.step for m in self.client.get_metric_history(run_id, "val_loss")}
+            names = self.client.get_run(run_id).data.metrics  # every metric it holds (a NaN val_loss is not logged)
+            self.runs_writer.logged[run_id] = {
+                m.step for name in names for m in self.client.get_metric_history(run_id, name) if m.step > 0
+            }
 
     def write_run_file(self, workdir: Path, status: str) -> None:
         """As :meth:`Session.write_run_file`, with the member runs (``children``: index -> run id)."""
@@ -678,7 +761,8 @@ class SweepSession(Session):
                 final = {"best_epoch": m.best_epoch, "epochs_run": m.epochs_run}
                 if math.isfinite(m.best_val_loss):
                     final["best_val_loss"] = m.best_val_loss
-                metrics += [Metric(k, float(v), ts, 0) for k, v in final.items()]
+                held = client.get_run(run_id).data.metrics if self.continued else {}  # logged before a kill
+                metrics += [Metric(k, float(v), ts, 0) for k, v in final.items() if held.get(k) != float(v)]
                 for i in range(0, len(metrics), 1000):
                     client.log_batch(run_id, metrics=metrics[i : i + 1000], tags=[RunTag("mlp_jax.stopped", m.stopped)])
             client.log_dict(self.run_id, {"members": result.table()}, "sweep_table.json")
@@ -706,7 +790,12 @@ class SweepSession(Session):
                 parent_metrics.update(
                     {f"{key}_{k}": v for k, v in {"val_loss": model.val_loss, **model.test_metrics}.items()}
                 )
-            finite = {k: float(v) for k, v in parent_metrics.items() if v is not None and math.isfinite(float(v))}
+            held = client.get_run(self.run_id).data.metrics if self.continued else {}
+            finite = {
+                k: float(v)
+                for k, v in parent_metrics.items()
+                if v is not None and math.isfinite(float(v)) and held.get(k) != float(v)
+            }
             if finite:
                 client.log_batch(self.run_id, metrics=[Metric(k, v, _now_ms(), 0) for k, v in finite.items()])
             client.log_dict(self.run_id, json.loads(json.dumps({**summary, **out}, default=str)), "summary.json")
@@ -727,6 +816,13 @@ class SweepSession(Session):
     def _register_sweep_model(self, model: SweepModel, key: str) -> registry.Registration:
         from mlp_jax import pyfunc
 
+        metric = registry.GATE_METRICS[self.dataset.task]
+        name = self.config.tracking.registered_model
+        existing = registry.already_registered(
+            self.client, name, model.checkpoint, model.val_loss, metric, self._validation_set()
+        )
+        if existing is not None:  # a continued sweep killed after registering it
+            return existing
         child = model.run_id != self.run_id
         if child:
             mlflow.start_run(run_id=model.run_id, nested=True)
@@ -743,15 +839,16 @@ class SweepSession(Session):
                 self.client,
                 info,
                 run_id=model.run_id,
-                name=self.config.tracking.registered_model,
+                name=name,
                 experiment=f"{self.config.name} ({key.replace('_', ' ')} {list(model.members)})",
                 val_loss=model.val_loss,
-                metric=registry.GATE_METRICS[self.dataset.task],
+                metric=metric,
                 dataset_digest=self.dataset.digest,
                 dataset_source=str(self.dataset.source),
                 test_accuracy=model.test_metrics.get("test_accuracy"),
                 pending=self._set_pending,
                 validation=self._validation_set(),
+                checkpoint=model.checkpoint,
             )
             self._pending_version = None  # registered: this one stays even if a later step fails
         finally:
@@ -786,23 +883,27 @@ def _sweep_has_checkpoint(workdir: Path) -> bool:
 
 def _continuable_sweep(
     client: MlflowClient, workdir: Path, uri: str, experiment_id: str, members: list[Any]
-) -> tuple[str | None, dict[int, str], str | None]:
-    """``(parent to continue, its member runs, finished parent this one follows)`` for ``workdir``.
+) -> tuple[_Previous, dict[int, str]]:
+    """The run before this sweep in ``workdir`` (:func:`_previous_run`) and, when it is continued,
+    its member runs (index -> run id).
 
     A sweep killed or failed after its first checkpoint is continued: the same parent and
     member runs (recorded in ``workdir/mlflow_run.json``), when the store and experiment are
     the same, every run is still there and active, and the members are the same ones (index
-    and swept values). A finished sweep's rerun opens new runs, tagged ``mlp_jax.continues_run``.
+    and swept values); otherwise the new runs follow it (tag ``mlp_jax.continues_run``), as a
+    finished sweep's rerun does.
     """
-    previous, parent, finished = _previous_run(client, workdir, uri, experiment_id, _sweep_has_checkpoint)
-    if previous is None or parent is None:
-        return None, {}, finished
-    raw = previous.get("children")
+    prev = _previous_run(client, workdir, uri, experiment_id, _sweep_has_checkpoint)
+    parent = prev.continue_id
+    if prev.file is None or parent is None:
+        return prev, {}
+    follow = dataclasses.replace(prev, continue_id=None, follows=parent)
+    raw = prev.file.get("children")
     try:
         children = {int(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
         runs = {i: client.get_run(r) for i, r in children.items()}
-    except (MlflowException, ValueError):
-        return None, {}, parent
+    except (MlflowException, ValueError, AttributeError):
+        return follow, {}
     values = {m.index: json.dumps(m.values, default=str) for m in members}
     if sorted(runs) != sorted(values) or any(
         r.info.lifecycle_stage != "active"
@@ -810,8 +911,8 @@ def _continuable_sweep(
         or r.data.tags.get("mlp_jax.sweep_values") != values[i]
         for i, r in runs.items()
     ):
-        return None, {}, parent
-    return parent, children, None
+        return follow, {}
+    return prev, children
 
 
 def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSession:
@@ -834,17 +935,19 @@ def start_sweep(config: Config, dataset: Any, members: list[Any]) -> SweepSessio
     session = None
     try:
         client, experiment = _open_experiment(config, uri)
-        continue_id, children, previous = _continuable_sweep(client, workdir, uri, experiment.experiment_id, members)
+        prev, children = _continuable_sweep(client, workdir, uri, experiment.experiment_id, members)
+        continue_id = prev.continue_id
         run_id = _start_run(config, experiment.experiment_id, continue_id)
         session = SweepSession(config, dataset, uri, client, run_id, continued=bool(continue_id))
-        session.record_start(previous)
+        session.keep_run_file(workdir)
+        session.record_start(prev.follows)
         client.set_tag(session.run_id, "mlp_jax.sweep_members", str(len(members)))
         if continue_id:
             session.continue_children(children)
         else:
             session.start_children(members, experiment.experiment_id)
-        session.workdir = workdir
         session.write_run_file(workdir, "RUNNING")
+        _end_stranded(client, prev.stranded, run_id)
     except TrackingError:
         if session is not None:
             session.abort(None)

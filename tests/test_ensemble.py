@@ -491,6 +491,34 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_sweep(tmp_path, mlflow_db):
             np.testing.assert_array_equal(x, y)
 
 
+def test_a_sweep_killed_after_registering_continues_without_registering_or_logging_twice(tmp_path, mlflow_db):
+    """As a kill after both models were registered but before the runs ended leaves it: the rerun
+    continues the same runs, gets the same two versions back and logs no final metric twice."""
+    from mlflow.tracking import MlflowClient
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    uri = mlflow_db(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, tmp_path, uri)
+        args = _args(csv, tmp_path / "w", **{"model.hidden_sizes": "8"})
+        assert sweep_experiment.main(args) == 0
+        first = json.loads((tmp_path / "w" / "summary.json").read_text())
+        client = MlflowClient(uri)
+        runs = [first["mlflow_run_id"], *first["member_runs"].values()]
+        for run_id in runs:
+            client.update_run(run_id, status="RUNNING")
+        assert sweep_experiment.main(args) == 0
+    again = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert again["mlflow_run_id"] == first["mlflow_run_id"] and again["member_runs"] == first["member_runs"]
+    assert {client.get_run(r).info.status for r in runs} == {"FINISHED"}
+    for key in ("best_member", "ensemble"):
+        assert again["models"][key]["model_version"] == first["models"][key]["model_version"]
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == 2
+    for child in first["member_runs"].values():
+        assert len(client.get_metric_history(child, "best_val_loss")) == 1
+    assert len(client.get_metric_history(first["mlflow_run_id"], "ensemble_val_loss")) == 1
+
+
 def test_a_top_k_larger_than_the_program_saves_and_names_what_it_holds(tmp_path, capsys):
     csv = write_tiny_csv(tmp_path / "tiny.csv")
     args = _args(csv, tmp_path / "w", **{"sweep.ensemble_top_k": "8", "tracking.enabled": "false"})

@@ -207,6 +207,40 @@ def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_fi
         session.abort(None)
 
 
+def test_reruns_register_nothing_twice_a_refused_resume_strands_nothing(store):
+    """A finished run run again gets its registered version back (no duplicate); a rerun refused
+    before training (another seed) leaves the crashed run continuable; a run killed before its
+    first checkpoint is ended by the rerun that replaces it, never left RUNNING."""
+    client = store.client
+
+    def config(epochs: int, workdir: str = "again", **kw: str):
+        kw = {"train.epochs": str(epochs), "tracking.registered_model": "again-model", **kw}
+        return tracked(store.folder, store.csv, workdir, **kw)
+
+    first = runner.run(config(2), progress=False)
+    rerun = runner.run(config(2), progress=False)  # finished: nothing to train
+    assert rerun["mlflow_run_id"] != first["mlflow_run_id"] and rerun["model_version"] == first["model_version"]
+    assert [str(v.version) for v in client.search_model_versions("name='again-model'")] == [first["model_version"]]
+    assert rerun["champion_gate"]["decision"] == "already registered"
+
+    client.set_terminated(rerun["mlflow_run_id"], "FAILED")  # as a crash after the last checkpoint leaves it
+    with pytest.raises(Exception, match="refusing to resume"):
+        runner.run(config(3, seed="1"), progress=False)  # refused before training
+    again = runner.run(config(3), progress=False)
+    assert again["mlflow_run_id"] == rerun["mlflow_run_id"]  # the crashed run, still continuable
+    assert client.get_run(again["mlflow_run_id"]).info.status == "FINISHED"
+
+    stale = client.create_run(client.get_run(first["mlflow_run_id"]).info.experiment_id).info.run_id
+    workdir = store.folder / "killed-early"
+    workdir.mkdir()
+    run_file = {"run_id": stale, "tracking_uri": store.uri, "status": "RUNNING"}
+    (workdir / tracking.RUN_FILE).write_text(json.dumps(run_file))
+    fresh = runner.run(config(2, "killed-early"), progress=False)  # killed before its first checkpoint
+    old = client.get_run(stale)
+    assert fresh["mlflow_run_id"] != stale and old.info.status == "FAILED"
+    assert fresh["mlflow_run_id"] in old.data.tags["mlp_jax.error"]
+
+
 def test_an_ensemble_killed_before_its_first_artifact_continues_its_run(store):
     client = store.client
     cfg = tracked(store.folder, store.csv, "ens", **{"train.epochs": "2", "train.members": "2"})
@@ -449,19 +483,25 @@ def test_which_sweep_runs_a_rerun_continues(tmp_path, mlflow_db):
         (workdir / tracking.RUN_FILE).write_text(json.dumps(run_file))
         return parent, kids
 
+    def decide(uri, members):
+        prev, children = tracking._continuable_sweep(client, workdir, uri, exp, members)
+        return prev.continue_id, children, prev.follows
+
     parent, kids = killed_sweep()
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)  # no checkpoint
+    assert decide(uri, members) == (None, {}, None)  # no checkpoint: killed before its first one
+    assert tracking._continuable_sweep(client, workdir, uri, exp, members)[0].stranded == (parent, *kids.values())
     (workdir / "group-0" / "3").mkdir(parents=True)
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (parent, kids, None)
-    assert tracking._continuable_sweep(client, workdir, "sqlite:///other.db", exp, members) == (None, {}, None)
+    assert decide(uri, members) == (parent, kids, None)
+    assert decide("sqlite:///other.db", members) == (None, {}, None)
     other = [SimpleNamespace(index=i, values={"seed": i + 1}) for i in range(2)]
-    assert tracking._continuable_sweep(client, workdir, uri, exp, other) == (None, {}, parent)
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members[:1]) == (None, {}, parent)
+    assert decide(uri, other) == (None, {}, parent)
+    assert decide(uri, members[:1]) == (None, {}, parent)
     client.delete_run(kids[1])
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, parent)
+    assert decide(uri, members) == (None, {}, parent)
     parent, kids = killed_sweep()
     client.set_terminated(parent, "FINISHED")  # a finished sweep is followed, never reopened
-    assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, parent)
-    for damaged in ("{not json", "[1, 2]", json.dumps({"tracking_uri": uri})):
+    assert decide(uri, members) == (None, {}, parent)
+    damaged_ids = [json.dumps({"tracking_uri": uri, "run_id": v}) for v in (None, 7, ["a"], "", "no-such-run")]
+    for damaged in ("{not json", "[1, 2]", json.dumps({"tracking_uri": uri}), *damaged_ids):
         (workdir / tracking.RUN_FILE).write_text(damaged)
-        assert tracking._continuable_sweep(client, workdir, uri, exp, members) == (None, {}, None)
+        assert decide(uri, members) == (None, {}, None)
