@@ -152,8 +152,18 @@ class ArtifactMeta:
 
     @property
     def metrics(self) -> dict[str, Any]:
-        """Metrics of the last epoch at this step (empty before the first epoch)."""
-        return dict(self.history[-1]) if self.history else {}
+        """Metrics of the parameters this artifact serves: a deep ensemble's own row (the last,
+        with ``ensemble_members``), else the best epoch's row (``early_stopping.best_epoch``; a
+        checkpoint or a sweep member may hold later epochs too), else the last row; empty before
+        the first epoch."""
+        if not self.history:
+            return {}
+        last = self.history[-1]
+        if "ensemble_members" in last:
+            return dict(last)
+        best = self.early_stopping.get("best_epoch")
+        row = next((h for h in reversed(self.history) if h.get("epoch") == best), last)
+        return dict(row)
 
     @property
     def n_outputs(self) -> int:

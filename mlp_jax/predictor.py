@@ -690,7 +690,7 @@ class Predictor:
             standardised = k.split("_", 1)[-1] in ("loss", "rmse") and k.startswith(("train_", "val_"))
             shown[f"{k}_standardised" if standardised else k] = v
             if standardised and k.endswith("_rmse") and len(self.targets) == 1 and isinstance(v, (int, float)):
-                shown[k] = float(v) * float(self._y_scale[0])
+                shown[k] = float(v) * float(self.meta.target_stats["scale"][0])
         return shown
 
     def describe(self) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -36,7 +37,15 @@ def test_round_trip_resume_and_inference_restore(tmp_path, tiny_csv):
     assert ic.meta.input_columns == ds.feature_names
     assert ic.meta.classes == (0, 1)
     assert ic.meta.preprocessing == ds.preprocessor.to_dict()
-    assert ic.meta.metrics["epoch"] == 4
+    assert ic.meta.metrics["epoch"] == ic.meta.early_stopping["best_epoch"] == 4
+    # metrics describe the served parameters: the best epoch's row (a sweep member's artifact holds
+    # later epochs too), a deep ensemble's own row, else the last
+    rows = tuple({"epoch": e, "val_loss": 1.0 / e} for e in (1, 2, 3))
+    later = dataclasses.replace(ic.meta, history=rows, early_stopping={"best_epoch": 2})
+    assert later.metrics == {"epoch": 2, "val_loss": 0.5}
+    ensemble = dataclasses.replace(later, history=(*rows, {"epoch": 2, "ensemble_members": [0, 1], "val_loss": 0.4}))
+    assert ensemble.metrics["val_loss"] == 0.4
+    assert dataclasses.replace(later, early_stopping={"best_epoch": 0}).metrics["epoch"] == 3
     assert ic.meta.experiment == C.resolve_auto(cfg, len(ds.y_train))  # stored with "auto" resolved
     assert A.ArtifactMeta.from_json(ic.meta.to_json()) == ic.meta  # the typed format round-trips
     # a step folder works too, and so does restoring onto a named device

@@ -810,6 +810,15 @@ def test_single_target_regression_answers_one_number(tmp_path_factory):
     assert {"val_loss_standardised", "val_rmse_standardised", "train_loss_standardised"} <= set(metrics)
     assert "val_loss" not in metrics and metrics["epoch"] == summary["best_epoch"]
     assert metrics["val_rmse"] == pytest.approx(summary["best_val_rmse"], rel=1e-4)
+    # the exported model (no Flax code, no Orbax) describes itself the same way
+    from mlp_jax import artifact as A
+    from mlp_jax.export import export_artifact, load_predictor
+
+    out = tmp_path_factory.mktemp("export-one") / "exported"
+    export_artifact(A.load(workdir), out, onnx=False)
+    with TestClient(serve.create_app(load_predictor(out))) as c:
+        r = c.get("/metadata")
+    assert r.status_code == 200 and r.json()["metrics"] == metrics
 
 
 def _regression_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
