@@ -894,6 +894,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "connections arrive at once it left some unanswered for ~5 s; benchmarks/RESULTS.md)",
     )
     p.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=30.0,
+        help="after SIGTERM, the longest wait for requests in progress (a client that stalls mid-body "
+        "cannot hold the server up past it; default 30, as a Kubernetes grace period)",
+    )
+    p.add_argument(
         "--no-batching",
         action="store_true",
         help="run every request's model call on its own, without the micro-batcher (same answers; for comparisons)",
@@ -901,6 +908,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch_wait_ms < 0:
         p.error(f"--batch-wait-ms must not be negative, got {args.batch_wait_ms}")
+    if not args.shutdown_timeout_s > 0:
+        p.error(f"--shutdown-timeout-s must be positive, got {args.shutdown_timeout_s}")
     for name in ("port", "workers", "max_rows", "max_body_bytes", "max_queue_rows"):
         if getattr(args, name) < (0 if name == "port" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -953,6 +962,7 @@ def main(argv: list[str] | None = None) -> int:
         http="mlp_jax.http_protocol:GracefulHttpToolsProtocol",  # idle connections close gracefully at shutdown
         access_log=False,
         log_level="warning",
+        timeout_graceful_shutdown=args.shutdown_timeout_s,
     )
     if args.workers == 1:
         # uvicorn re-raises SIGTERM after its graceful shutdown (queue drained),

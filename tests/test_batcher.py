@@ -337,6 +337,20 @@ def test_a_request_sent_on_an_idle_connection_just_after_sigterm_is_answered_the
 
 
 @pytest.mark.slow
+def test_a_client_stalling_mid_body_cannot_hold_shutdown_past_its_timeout(trained_workdir):
+    with real_server(trained_workdir, "--shutdown-timeout-s", "1.5") as (proc, port):
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=30)
+        head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        stalled.sendall(head.encode() + b'{"features": [0.1,')  # and never the rest
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, proc.stdout.read()[-3000:]
+        assert time.monotonic() - t0 < 10  # the 1.5 s timeout (+ the idle grace and exit), not forever
+        stalled.close()
+
+
+@pytest.mark.slow
 def test_a_burst_against_a_tiny_queue_answers_only_200_or_503_and_health_keeps_answering(trained_workdir, predictor):
     body = {"instances": random_rows(predictor, 4, 7).astype(np.float64).tolist()}
 
