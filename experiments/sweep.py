@@ -170,15 +170,17 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     # compared: the ensemble that is saved and registered (the top-k of the best member's program;
     # k = sweep.ensemble_top_k, else 5), not the global top-k, which may span programs
     ceiling = sweep.trivial_val_loss(config, dataset)
+    trivial = f"predicting the training {'class frequencies' if classify else 'mean'} ({ceiling:.4g})"
     top = sweep.ensemble_members(result, k if k > 1 else TOP, ceiling)
     left_out = sorted(set(sweep.ensemble_members(result, k if k > 1 else TOP)) - set(top))
     if left_out:
-        print(
-            f"left out of the ensemble: member(s) {left_out}, whose validation loss is no better than predicting "
-            f"the training {'class frequencies' if classify else 'mean'} ({ceiling:.4g})"
-        )
-    if left_out:
+        print(f"left out of the ensemble: member(s) {left_out} (of the top-k), no better on validation than {trivial}")
         ensemble["left_out"] = left_out
+    ranked = sweep.top_k(result, 1)
+    useless = not ranked or not ranked[0].best_val_loss < ceiling  # every member: no better than trivial
+    if ranked and useless:
+        print(f"no member beat {trivial}: the best member is saved but not registered")
+        ensemble["no_better_than_trivial"] = True
     if len(top) > 1:
         ids = top
         for split in ("val", "test"):
@@ -198,17 +200,18 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
     plan = [("best_member", "best-member", 1)] + ([("ensemble", f"ensemble-top{k}", k)] if k > 1 else [])
     for key, folder, n in plan:
         ids = sweep.ensemble_members(result, n, ceiling)
+        why = "finite member(s)" + (" better than a trivial model" if left_out or useless else "")
         if not ids or (key == "ensemble" and len(ids) < 2):
             if key == "ensemble":
                 print(
                     f"no ensemble saved: the best member's program (hidden sizes, batch size, ...) has "
-                    f"{len(ids)} member(s); an ensemble artifact stacks members of one program"
+                    f"{len(ids) - useless} {why}; an ensemble artifact stacks members of one program"
                 )
             continue
         if key == "ensemble" and len(ids) < n:  # the folder says what it holds
             folder = f"ensemble-top{len(ids)}"
             print(
-                f"sweep.ensemble_top_k={n}, but the best member's program has {len(ids)} finite member(s): "
+                f"sweep.ensemble_top_k={n}, but the best member's program has {len(ids)} {why}: "
                 f"the ensemble holds those {len(ids)}"
             )
         step = sweep.save_artifact(result, ids, dataset, workdir / folder, config)
@@ -247,7 +250,8 @@ def _run(config: Config, dataset: Any, workdir: Path, progress: Any, session: An
             return SweepModel(m["checkpoint"], float(m["val_loss"]), test, run_id, tuple(m["members"]))
 
         partial = {"experiment": config.name, "members": table, "models": models}
-        tracked = session.finish_sweep(result, partial, as_model("best_member"), as_model("ensemble"))
+        best_model = None if useless else as_model("best_member")  # a useless model is not registered
+        tracked = session.finish_sweep(result, partial, best_model, as_model("ensemble"))
         for key in models:
             if key in tracked:
                 models[key].update({k: tracked[key][k] for k in ("model_version", "model_uri", "champion", "run_id")})

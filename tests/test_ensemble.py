@@ -519,6 +519,30 @@ def test_a_sweep_killed_after_registering_continues_without_registering_or_loggi
     assert len(client.get_metric_history(first["mlflow_run_id"], "ensemble_val_loss")) == 1
 
 
+def test_a_sweep_where_no_member_beats_a_trivial_model_registers_nothing(tmp_path, mlflow_db, capsys):
+    from mlflow.tracking import MlflowClient
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    uri = mlflow_db(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        use_store(mp, tmp_path, uri)
+        mp.setattr(S, "trivial_val_loss", lambda config, dataset: 0.0)  # as if every member had diverged
+        assert sweep_experiment.main(_args(csv, tmp_path / "w", **{"model.hidden_sizes": "8"})) == 0
+    out = capsys.readouterr().out
+    assert (
+        "no member beat predicting the training class frequencies (0): the best member is saved but not registered"
+        in out
+    )
+    assert (
+        "no ensemble saved: the best member's program (hidden sizes, batch size, ...) has 0 finite member(s) better than a trivial model"
+        in out
+    )
+    summary = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert summary["ensemble"]["no_better_than_trivial"] is True and "ensemble" not in summary["models"]
+    assert "model_version" not in summary["models"]["best_member"]
+    assert MlflowClient(uri).search_model_versions(f"name='{MODEL}'") == []
+
+
 def test_a_top_k_larger_than_the_program_saves_and_names_what_it_holds(tmp_path, capsys):
     csv = write_tiny_csv(tmp_path / "tiny.csv")
     args = _args(csv, tmp_path / "w", **{"sweep.ensemble_top_k": "8", "tracking.enabled": "false"})
