@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, errors):
             print(f"error: {e}", file=sys.stderr)
             return 1
+        if isinstance(e, KeyboardInterrupt):  # Ctrl-C: checkpoints kept, runs ended KILLED
+            print(
+                f"\ninterrupted: the checkpoints so far are kept in {workdir}; run the same command again to resume",
+                file=sys.stderr,
+            )
+            return 130
         raise
     write_json_atomic(workdir / "summary.json", summary)
     print(f"summary: {workdir / 'summary.json'}")

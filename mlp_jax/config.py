@@ -599,6 +599,8 @@ def help_text(config: Config) -> str:
     for key, (tp, value) in specs.items():
         if key in AUTO_VALUES and value == AUTO_VALUES[key]:
             shown = "auto"
+        elif key == "workdir" and not value:
+            shown = f"{config.resolved_workdir} (checkpoints/<experiment name>)"
         else:
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
         lines.append(f"  {key:<{width}}  {type_name(tp):<28} default: {shown}")

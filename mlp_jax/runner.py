@@ -486,6 +486,13 @@ def main(get_config: Callable[[], Config], argv: list[str] | None = None, doc: s
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the checkpoints are kept; the MLflow run was ended KILLED
+        print(
+            f"\ninterrupted: the checkpoints so far are kept in {config.resolved_workdir}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
     if "experiment" in summary:  # process 0 of a multi-process run, or a single process
         print_summary(summary)
     return 0

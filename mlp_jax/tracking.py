@@ -702,7 +702,10 @@ class SweepSession(Session):
                 },
             )
             self.children[m.index] = run.info.run_id
-            params = [Param(k, _param_value(v)) for k, v in to_flat_dict(m.config).items()]
+            # the member's own config (its sweep section is empty: the sweep's spec is the parent's)
+            params = [
+                Param(k, _param_value(v)) for k, v in to_flat_dict(m.config).items() if not k.startswith("sweep.")
+            ]
             params.append(Param("sweep.member", str(m.index)))
             for i in range(0, len(params), 100):
                 self.client.log_batch(run.info.run_id, params=params[i : i + 100])

@@ -86,6 +86,7 @@ def test_tracked_sweep_has_parent_children_and_two_registered_models(tracked_swe
         child = by_member[row["member"]]
         assert child.info.status == "FINISHED"
         assert child.data.params["seed"] == str(row["values"]["seed"])
+        assert child.data.params["sweep.member"] == str(row["member"]) and "sweep.axes" not in child.data.params
         assert float(child.data.params["optim.learning_rate"]) == row["values"]["optim.learning_rate"]
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert sorted(m.step for m in history) == list(range(1, row["epochs_run"] + 1))

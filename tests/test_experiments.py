@@ -118,3 +118,29 @@ def test_penguins_with_the_defaults_reach_the_issue_accuracy(tmp_path, monkeypat
         accuracies.append(float((probs.argmax(1) == ds.y_test).mean()))
     assert accuracies[0] >= 0.96, accuracies
     assert sum(accuracies) / 5 >= 0.97, accuracies
+
+
+def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
+    import signal
+    import time
+
+    csv = write_tiny_csv(tmp_path / "d.csv", n=6000)
+    workdir = tmp_path / "run"
+    args = [f"data.path={csv}", f"workdir={workdir}", "train.epochs=200", "train.patience=0", "train.members=1"]
+    args += ["train.checkpoint_every=1", "train.progress=false", "tracking.enabled=false", "model.hidden_sizes=16,8"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.baseline", *args],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (workdir / "2").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: the checkpoints so far are kept in" in err and "run the same command again" in err
+    assert "Traceback" not in err
