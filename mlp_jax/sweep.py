@@ -72,6 +72,7 @@ from mlp_jax.config import (
     with_values,
 )
 from mlp_jax.data import Dataset
+from mlp_jax.interrupt import EpochBoundary
 
 #: Per-member arrays inside one program.
 VALUE_KEYS = ("optim.learning_rate", "optim.weight_decay", "model.dropout", "train.label_smoothing", "seed")
@@ -604,6 +605,7 @@ def _run_group(
             s.best_epoch, s.bad_epochs = d["best_epoch"], d["bad_epochs"]
         reasons, histories, start = meta["reasons"], meta["histories"], step
 
+    interrupt = EpochBoundary()  # a Ctrl-C stops after the epoch's checkpoint (mlp_jax/interrupt.py)
     try:
         states = jax.device_put(_pad(states, k_pad), by_member)
         best = jax.tree.map(jnp.copy, jax.device_put(_pad(best, k_pad), by_member))  # never alias the donated state
@@ -625,6 +627,7 @@ def _run_group(
         timings["compile"] = time.perf_counter() - t0
 
         epoch = start
+        interrupt.install()
         for epoch in range(start + 1, tc.epochs + 1):
             if not active.any():
                 break
@@ -662,7 +665,7 @@ def _run_group(
             jax.block_until_ready(best)
             timings["train"] += time.perf_counter() - t
 
-            last = epoch == tc.epochs or not active.any()
+            last = epoch == tc.epochs or not active.any() or interrupt.requested
             if store is not None and (epoch % config.train.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
                 unpadded = jax.tree.map(lambda a: a[:k], {"train": states.arrays(), "best_params": best})
@@ -680,7 +683,9 @@ def _run_group(
                 timings["checkpoint"] += time.perf_counter() - tc0
             if on_epoch is not None:
                 on_epoch(EpochReport(gi, epoch, rows, [m.index for j, m in enumerate(group) if active[j]], stopped_now))
+            interrupt.check()  # a Ctrl-C during this epoch stops here, its checkpoint saved
     finally:
+        interrupt.restore()
         if store is not None:
             tc0 = time.perf_counter()
             store.close()

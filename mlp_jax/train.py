@@ -35,6 +35,7 @@ from mlp_jax.checkpoint import Checkpointer
 from mlp_jax.config import Config, ConfigError, resolve_auto, to_json
 from mlp_jax.data import Dataset
 from mlp_jax.distributed import local_copy, make_mesh, put_replicated, put_rows
+from mlp_jax.interrupt import EpochBoundary
 from mlp_jax.writer import MetricWriter, NullWriter
 
 Batch = tuple[jax.Array, jax.Array]
@@ -436,7 +437,9 @@ def fit(
     bar = _progress(epochs, start_epoch, tc.epochs, progress if progress is not None else tc.progress)
     last_saved = start_epoch
     epoch = start_epoch
+    interrupt = EpochBoundary()
     try:
+        interrupt.install()
         for epoch in bar:
             t = time.perf_counter()
             state, sums = train_epoch(state, x_train, y_train, epoch_key(config.seed, epoch))
@@ -465,7 +468,7 @@ def fit(
             writer.write_scalars(epoch, {k: v for k, v in row.items() if k != "epoch"})
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix({k: f"{row[k]:.4f}" for k in row if k.startswith(("train_", "val_"))})
-            last = epoch == tc.epochs or stopper.should_stop
+            last = epoch == tc.epochs or stopper.should_stop or interrupt.requested
             if store is not None and (epoch % tc.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
                 store.save(
@@ -475,7 +478,9 @@ def fit(
                 last_saved = epoch
             if stopper.should_stop:
                 break
+            interrupt.check()  # a Ctrl-C during this epoch stops here, its checkpoint saved
     finally:
+        interrupt.restore()
         if hasattr(bar, "close"):
             bar.close()
         if store is not None:

@@ -120,7 +120,18 @@ def test_penguins_with_the_defaults_reach_the_issue_accuracy(tmp_path, monkeypat
     assert sum(accuracies) / 5 >= 0.97, accuracies
 
 
-def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path):
+@pytest.mark.parametrize(
+    ("module", "delay_s"),
+    [
+        ("experiments.baseline", 0.0),
+        ("experiments.baseline", 0.01),
+        ("experiments.baseline", 0.02),
+        ("experiments.sweep", 0.01),
+    ],
+)
+def test_ctrl_c_during_training_stops_after_a_checkpoint_and_says_how_to_resume(tmp_path, module, delay_s):
+    """Ctrl-C a few milliseconds into a checkpoint save used to hang the process inside Orbax (or
+    print its threads' tracebacks); now it stops after the epoch's checkpoint, exit 130."""
     import signal
     import time
 
@@ -128,19 +139,30 @@ def test_ctrl_c_during_training_says_how_to_resume_without_a_traceback(tmp_path)
     workdir = tmp_path / "run"
     args = [f"data.path={csv}", f"workdir={workdir}", "train.epochs=200", "train.patience=0", "train.members=1"]
     args += ["train.checkpoint_every=1", "train.progress=false", "tracking.enabled=false", "model.hidden_sizes=16,8"]
+    if module == "experiments.sweep":
+        args += ["sweep.seed=0,1", "sweep.ensemble_top_k=0"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.baseline", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # xdist workers (and background shells) ignore SIGINT, and a child inherits that: then
+        # Python installs no KeyboardInterrupt handler. A terminal's Ctrl-C finds the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+    first = workdir / "group-0" / "2" if module == "experiments.sweep" else workdir / "2"
     deadline = time.monotonic() + 120
-    while not (workdir / "2").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(delay_s)  # into the next epoch's checkpoint save, where it used to hang
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: the checkpoints so far are kept in" in err and "run the same command again" in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err[-2000:]
