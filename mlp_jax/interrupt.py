@@ -15,12 +15,12 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 
 
 class EpochBoundary:
-    """Context manager: ``requested`` after a first Ctrl-C; :meth:`check` raises KeyboardInterrupt then."""
+    """``install`` it around an epoch loop: ``requested`` after a first Ctrl-C, :meth:`check` raises then."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -39,9 +39,6 @@ class EpochBoundary:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
-
-    def __enter__(self) -> EpochBoundary:
-        return self.install()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:  # a second Ctrl-C: stop now
@@ -63,6 +60,3 @@ class EpochBoundary:
         """
         if self.requested:
             raise KeyboardInterrupt
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.restore()

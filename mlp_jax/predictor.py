@@ -675,7 +675,7 @@ class Predictor:
         return self.output_frame(self.predict_outputs(frame), index=frame.index)
 
     def shown_metrics(self) -> dict[str, Any]:
-        """The checkpoint's last epoch metrics, labelled with their units.
+        """The metrics of the served parameters (``ArtifactMeta.metrics``), labelled with their units.
 
         Regression models train on standardised targets, so their epoch loss and RMSE are in
         those units: shown as ``<metric>_standardised``; with one target, ``train_rmse`` and

@@ -725,12 +725,9 @@ def ensemble_members(result: SweepResult, k: int, ceiling: float = math.inf) -> 
     to a huge but finite loss, would only drag the ensemble's mean away).
     """
     ranked = top_k(result, len(result.members))
-    if not ranked:
+    if not ranked or k < 1:
         return []
-    group = ranked[0].group
-    if k < 1:
-        return []
-    best, *rest = [m for m in ranked if m.group == group]
+    best, *rest = [m for m in ranked if m.group == ranked[0].group]
     return [best.index, *[m.index for m in rest if m.best_val_loss < ceiling][: k - 1]]
 
 

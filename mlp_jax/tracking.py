@@ -220,9 +220,13 @@ def _has_checkpoint(workdir: Path) -> bool:
     try:
         resolve(workdir)
     except CheckpointError:
-        group = group_dir(workdir)
-        return group.is_dir() and any(p.name.isdigit() and p.is_dir() for p in group.iterdir())
+        return _has_steps(group_dir(workdir))
     return True
+
+
+def _has_steps(folder: Path) -> bool:
+    """``folder`` holds an Orbax step folder (``<epoch>/``)."""
+    return folder.is_dir() and any(p.name.isdigit() and p.is_dir() for p in folder.iterdir())
 
 
 class Session:
@@ -259,13 +263,10 @@ class Session:
         run killed earlier can still be continued by the next correct rerun."""
         if self.workdir is None or self.continued or not self._trained_nothing():
             return
-        path = self.workdir / RUN_FILE
         if self._run_file_before is None:
-            path.unlink(missing_ok=True)
+            (self.workdir / RUN_FILE).unlink(missing_ok=True)
         else:
-            tmp = self.workdir / f".{RUN_FILE}.tmp"
-            tmp.write_text(self._run_file_before)
-            os.replace(tmp, path)
+            _write_run_file(self.workdir, self._run_file_before)
 
     # ------------------------------------------------------------------ start
 
@@ -470,11 +471,11 @@ class Session:
         _write_run_file(workdir, {"run_id": self.run_id, "tracking_uri": self.uri, "status": status})
 
 
-def _write_run_file(workdir: Path, payload: Mapping[str, Any]) -> None:
-    """``workdir/mlflow_run.json`` (which run a rerun continues), replaced atomically."""
+def _write_run_file(workdir: Path, payload: Mapping[str, Any] | str) -> None:
+    """``workdir/mlflow_run.json`` (which run a rerun continues; a payload or its text), replaced atomically."""
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.write_text(payload if isinstance(payload, str) else json.dumps(payload, indent=2))
     os.replace(tmp, workdir / RUN_FILE)
 
 
@@ -697,7 +698,7 @@ class SweepSession(Session):
                 tags={
                     "mlflow.parentRunId": self.run_id,
                     "mlp_jax.sweep_member": str(m.index),
-                    "mlp_jax.sweep_values": json.dumps(m.values, default=str),
+                    "mlp_jax.sweep_values": _sweep_values_tag(m),
                     "dataset_digest": self.dataset.digest,
                 },
             )
@@ -877,11 +878,14 @@ class SweepSession(Session):
         super().abort(exc)
 
 
+def _sweep_values_tag(member: Any) -> str:
+    """A member run's ``mlp_jax.sweep_values`` tag (what a continued sweep's members must match)."""
+    return json.dumps(member.values, default=str)
+
+
 def _sweep_has_checkpoint(workdir: Path) -> bool:
     """A training checkpoint of some group of a sweep in ``workdir`` (``group-<g>/<epoch>``)."""
-    return any(
-        p.name.isdigit() and p.is_dir() for group in workdir.glob("group-*") if group.is_dir() for p in group.iterdir()
-    )
+    return any(_has_steps(group) for group in workdir.glob("group-*"))
 
 
 def _continuable_sweep(
@@ -907,7 +911,7 @@ def _continuable_sweep(
         runs = {i: client.get_run(r) for i, r in children.items()}
     except (MlflowException, ValueError, AttributeError):
         return follow, {}
-    values = {m.index: json.dumps(m.values, default=str) for m in members}
+    values = {m.index: _sweep_values_tag(m) for m in members}
     if sorted(runs) != sorted(values) or any(
         r.info.lifecycle_stage != "active"
         or r.data.tags.get("mlflow.parentRunId") != parent
