@@ -7,7 +7,9 @@ printed "Event loop is closed" tracebacks from Orbax's threads. :class:`EpochBou
 turns the first Ctrl-C into a request the training loop honours at the end of the epoch,
 after saving that epoch's checkpoint (so nothing trained is lost and the rerun resumes
 there); a second Ctrl-C raises at once, as before. It only acts in the main thread and when
-SIGINT has Python's default handler (a notebook's or a caller's own handler is left alone).
+SIGINT has Python's default handler (a notebook's or a caller's own handler is left alone);
+a multi-process run does not install it (one process saving a checkpoint alone would wait
+on the others' part of the collective save).
 """
 
 from __future__ import annotations

@@ -439,7 +439,8 @@ def fit(
     epoch = start_epoch
     interrupt = EpochBoundary()
     try:
-        interrupt.install()
+        if jax.process_count() == 1:  # with several processes, one saving alone would wait on the others
+            interrupt.install()
         for epoch in bar:
             t = time.perf_counter()
             state, sums = train_epoch(state, x_train, y_train, epoch_key(config.seed, epoch))
