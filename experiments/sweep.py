@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlp_jax import data as data_lib
     from mlp_jax.runner import check_workdir, write_json_atomic
 
+    sweep.use_cpu_cores()  # CPU: one device per core, members sharded over them (see mlp_jax.sweep)
     compilation_cache.enable()  # as runner.run: a rerun (or a resume) reads its programs from disk
     t0 = time.perf_counter()
     workdir = Path(config.resolved_workdir).resolve()

@@ -269,6 +269,29 @@ def test_members_sharded_over_eight_devices_match_one(tmp_path, tiny_csv):
     assert [r["stopped"] for r in eight["table"]] == [m.stopped for m in one.members]
 
 
+def test_use_cpu_cores_makes_a_cpu_device_per_core_unless_the_user_chose():
+    def devices(code, **env):
+        base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**base, "JAX_PLATFORMS": "cpu", **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.split()
+
+    ask = "from mlp_jax import sweep; n = sweep.use_cpu_cores(); import jax; print(n, len(jax.devices()))"
+    cores = str(len(os.sched_getaffinity(0)))
+    assert devices(ask) == [cores, cores]
+    assert devices(ask, XLA_FLAGS="--xla_force_host_platform_device_count=3") == ["3", "3"]  # the user's count
+    assert devices(ask, JAX_NUM_CPU_DEVICES="5") == ["5", "5"]
+    # too late once JAX has started: no error, nothing changed
+    assert devices("import jax; jax.devices(); from mlp_jax import sweep; print(sweep.use_cpu_cores())") == ["1"]
+
+
 # ----------------------------------------------------------------------------- ensemble membership
 
 
