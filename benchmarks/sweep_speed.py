@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         many = sweep.run_sweep(_config(args.epochs, tmp, [f"sweep.seed={seeds}"]), dataset)
         out["sweep_seconds"] = time.perf_counter() - t
         out["sweep_compile_seconds"] = many.compile_seconds
+        out["sweep_train_seconds"] = many.train_seconds
+        out["one_member_train_seconds"] = one.train_seconds
 
         t = time.perf_counter()
         for s in range(k):

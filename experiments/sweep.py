@@ -37,6 +37,12 @@ test 0.0610; top-5 ensemble val 0.0465, test 0.0568. Expected with ``train.epoch
 load 8-14): compile 16.7 s, train 49.2 s; best member (lr 1e-2, seed 1) val 0.0436, test 0.0546;
 top-5 ensemble val 0.0402, test 0.0503, promoted to champion over the best member. Speed against one member and 16
 sequential runs: benchmarks/sweep_speed.py; ensemble gain on real tables: benchmarks/ensemble_gain.py.
+
+Devices: on a host without an accelerator, one CPU device per core (``mlp_jax.sweep.use_cpu_cores``,
+before JAX starts; ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` overrides), the members
+sharded over them. On the 2-core box, ``train.epochs=2`` untracked: "16 members in 1 program(s)
+on 2 device(s): compile 1.33 s, train 3.12 s" with a warm compilation cache (5.52 s of training
+on one device).
 """
 
 from __future__ import annotations
