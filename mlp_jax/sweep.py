@@ -34,6 +34,8 @@ CPU device per core, so the members' shards run side by side: on this project's 
 baseline members train in 1.4-1.6 s per epoch instead of 2.6-2.7 s
 (``benchmarks/sweep_speed.py``). A single run does not gain from it (its batch split over two
 CPU devices trained 10 epochs in 6.5 s instead of 5.5 s), so the runner keeps one device.
+Each device holds its own copy of the rows, so a CPU sweep uses no more devices than a quarter
+of the machine's memory holds copies (:func:`cpu_copies_that_fit`).
 
 Checkpoints: one Orbax manager per group (``<workdir>/group-<g>``) holding the stacked
 train arrays and every member's best parameters (unpadded, so a run resumes on another
@@ -512,10 +514,15 @@ class EpochReport:
     stopped: dict[int, str]  # member index -> reason, for members that stopped this epoch
 
 
-def _member_devices(n_members: int, num_devices: int) -> tuple[int, int]:
-    """(devices used, padded member count): as few padding members as the per-device load allows."""
+def _member_devices(n_members: int, num_devices: int, auto_cap: int | None = None) -> tuple[int, int]:
+    """(devices used, padded member count): as few padding members as the per-device load allows.
+
+    ``auto_cap`` bounds the device count when ``num_devices`` is 0 (every device).
+    """
     available = len(jax.devices())
     wanted = available if num_devices == 0 else num_devices
+    if num_devices == 0 and auto_cap is not None:
+        wanted = max(1, min(wanted, auto_cap))
     if wanted > available:
         raise ConfigError(f"train.num_devices: {wanted} requested but only {available} device(s) visible")
     per_device = math.ceil(n_members / wanted)
@@ -529,6 +536,26 @@ def _unpad(tree: Any, k: int) -> Any:
     if all(a.shape[0] == k for a in jax.tree.leaves(tree)):
         return tree
     return jax.tree.map(lambda a: a[:k], tree)
+
+
+#: The share of the machine's memory that the replicated training and validation rows may take in all.
+CPU_DATA_SHARE = 0.25
+
+
+def cpu_copies_that_fit(data_bytes: int, memory_bytes: int | None = None) -> int:
+    """How many CPU devices may each hold a copy of ``data_bytes`` of rows (at least 1).
+
+    Every device holds its own copy of the training and validation rows (a replicated array is
+    one buffer per device, also on CPU devices that share the host's memory), so one CPU device
+    per core would multiply a large table's memory by the core count. With ``train.num_devices=0``
+    a CPU sweep uses no more devices than :data:`CPU_DATA_SHARE` of ``memory_bytes`` (the
+    machine's physical memory by default) holds copies.
+    """
+    import os
+
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(1, int(memory_bytes * CPU_DATA_SHARE) // max(data_bytes, 1))
 
 
 def _pad(tree: Any, n: int) -> Any:
@@ -624,7 +651,11 @@ def _run_group(
     tc = cfg0.train
     k = len(group)
     n_train = len(dataset.y_train)
-    n_dev, k_pad = _member_devices(k, config.train.num_devices)
+    cap = None
+    if jax.default_backend() == "cpu":
+        rows = (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val)
+        cap = cpu_copies_that_fit(sum(np.asarray(a).nbytes for a in rows))
+    n_dev, k_pad = _member_devices(k, config.train.num_devices, cap)
     mesh = jax.make_mesh(
         (n_dev,), ("members",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:n_dev]
     )

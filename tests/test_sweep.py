@@ -292,6 +292,18 @@ def test_use_cpu_cores_makes_a_cpu_device_per_core_unless_the_user_chose():
     assert devices("import jax; jax.devices(); from mlp_jax import sweep; print(sweep.use_cpu_cores())") == ["1"]
 
 
+def test_cpu_devices_are_capped_by_the_copies_of_the_rows_that_memory_holds(monkeypatch):
+    gib = 1 << 30
+    assert S.cpu_copies_that_fit(1 * gib, memory_bytes=64 * gib) == 16  # a quarter of 64 GiB
+    assert S.cpu_copies_that_fit(10 * gib, memory_bytes=64 * gib) == 1
+    assert S.cpu_copies_that_fit(100 * gib, memory_bytes=64 * gib) == 1  # never 0
+    assert S.cpu_copies_that_fit(6_000_000) > 100  # the baseline's rows on any machine that runs the suite
+    monkeypatch.setattr(S.jax, "devices", lambda *a: list(range(8)))  # 8 devices, as on a big CPU host
+    assert S._member_devices(16, 0) == (8, 16)
+    assert S._member_devices(16, 0, auto_cap=3) == (3, 18)  # 6 per device, 2 frozen padding members
+    assert S._member_devices(16, 4, auto_cap=1) == (4, 16)  # a count the user asked for is kept
+
+
 # ----------------------------------------------------------------------------- ensemble membership
 
 
