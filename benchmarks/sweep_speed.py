@@ -12,7 +12,7 @@ summary, as a user's loop would). Targets: K members <= 3x one member, >= 5x fas
 K sequential runs.
 
 Devices: as ``python -m experiments.sweep`` does, the process asks JAX for one CPU device per
-core (``sweep.use_cpu_cores``) before anything starts JAX, so the K members are sharded over the
+core (``distributed.use_cpu_cores``) before anything starts JAX, so the K members are sharded over the
 cores; one member runs on one device either way. The sequential runs get ``train.num_devices=1``,
 which is what ``python -m experiments.baseline`` has on a CPU host (splitting one run's batches
 over the cores is slower; measured in ``mlp_jax.sweep``'s docstring).
@@ -31,10 +31,10 @@ os.environ.setdefault("MLP_JAX_COMPILATION_CACHE", "off")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlp_jax import data as data_lib
-from mlp_jax import runner, sweep
+from mlp_jax import distributed, runner, sweep
 from mlp_jax.config import Config, apply_overrides
 
-CPU_DEVICES = sweep.use_cpu_cores()  # before anything makes an array
+CPU_DEVICES = distributed.use_cpu_cores()  # before anything makes an array
 
 
 def _config(epochs: int, workdir: str, extra: list[str]) -> Config:

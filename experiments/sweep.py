@@ -38,7 +38,7 @@ load 8-14): compile 16.7 s, train 49.2 s; best member (lr 1e-2, seed 1) val 0.04
 top-5 ensemble val 0.0402, test 0.0503, promoted to champion over the best member. Speed against one member and 16
 sequential runs: benchmarks/sweep_speed.py; ensemble gain on real tables: benchmarks/ensemble_gain.py.
 
-Devices: on a host without an accelerator, one CPU device per core (``mlp_jax.sweep.use_cpu_cores``,
+Devices: on a host without an accelerator, one CPU device per core (``mlp_jax.distributed.use_cpu_cores``,
 before JAX starts; ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` overrides), the members
 sharded over them. On the 2-core box, ``train.epochs=2`` untracked: "16 members in 1 program(s)
 on 2 device(s): compile 1.33 s, train 3.12 s" with a warm compilation cache (5.52 s of training
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
 
-    from mlp_jax import compilation_cache, sweep
+    from mlp_jax import compilation_cache, distributed, sweep
     from mlp_jax import data as data_lib
     from mlp_jax.runner import check_workdir, write_json_atomic
 
-    sweep.use_cpu_cores()  # CPU: one device per core, members sharded over them (see mlp_jax.sweep)
+    distributed.use_cpu_cores()  # CPU: one device per core, members sharded over them (see mlp_jax.sweep)
     compilation_cache.enable()  # as runner.run: a rerun (or a resume) reads its programs from disk
     t0 = time.perf_counter()
     workdir = Path(config.resolved_workdir).resolve()

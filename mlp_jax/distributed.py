@@ -114,10 +114,48 @@ def is_primary() -> bool:
 # ----------------------------------------------------------------------------- meshes and placement
 
 
+#: True once :func:`use_cpu_cores` has made the CPU devices (not the user's own device count).
+_CPU_DEVICES_PER_CORE = False
+
+
+def use_cpu_cores() -> int:
+    """Asks JAX for one CPU device per core this process may run on; returns the CPU devices JAX makes.
+
+    For sweeps (``python -m experiments.sweep`` calls it): XLA:CPU runs one device's program on
+    about one core for networks this small, so members sharded over per-core devices train side
+    by side (measured in ``mlp_jax.sweep``'s docstring). A single model's batches gain nothing
+    from them, so :func:`make_mesh` keeps one device of those it made.
+
+    Must run before JAX's backends start (before any array is made): afterwards, and when the
+    user chose a count (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, ``JAX_NUM_CPU_DEVICES``
+    or ``jax_num_cpu_devices``), it changes nothing. Harmless on an accelerator host (JAX's default
+    devices are then the accelerators). Cores: the process's CPU affinity, not a container's quota.
+    """
+    global _CPU_DEVICES_PER_CORE
+    from jax._src import xla_bridge  # no public way to ask whether the backends have started
+
+    chosen = (
+        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+        or os.environ.get("JAX_NUM_CPU_DEVICES")
+        or jax.config.jax_num_cpu_devices != -1
+    )
+    if not chosen and not xla_bridge.backends_are_initialized():
+        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+        _CPU_DEVICES_PER_CORE = True
+    return len(jax.devices("cpu"))
+
+
 def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
-    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all)."""
+    """A 1-D ``data`` mesh over the first ``num_devices`` devices (0 = all).
+
+    0 means one device when the devices are the per-core CPU devices that :func:`use_cpu_cores`
+    made for a sweep (one run's batches split over them trained slower), e.g. a single run in
+    the same process or notebook after a sweep.
+    """
     devices = jax.devices()
     n = len(devices) if num_devices == 0 else num_devices
+    if num_devices == 0 and _CPU_DEVICES_PER_CORE and devices[0].platform == "cpu" and jax.process_count() == 1:
+        n = 1
     if n > len(devices):
         raise ConfigError(f"train.num_devices: {n} requested but only {len(devices)} device(s) visible")
     return jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices[:n])

@@ -29,11 +29,14 @@ chosen to keep that padding small). Single process only.
 
 On a CPU-only host JAX makes one CPU device, and XLA:CPU runs a device's program on about one
 core for matmuls this small, so a sweep would leave the other cores idle.
-:func:`use_cpu_cores` (called by ``python -m experiments.sweep`` before JAX starts) makes one
-CPU device per core, so the members' shards run side by side: on this project's 2-core box, 16
-baseline members train in 1.4-1.6 s per epoch instead of 2.6-2.7 s
+:func:`mlp_jax.distributed.use_cpu_cores` (called by ``python -m experiments.sweep`` before JAX
+starts) makes one CPU device per core, so the members' shards run side by side: on this
+project's 2-core box, 16 baseline members train in 1.4-1.6 s per epoch instead of 2.6-2.7 s
 (``benchmarks/sweep_speed.py``). A single run does not gain from it (its batch split over two
-CPU devices trained 10 epochs in 6.5 s instead of 5.5 s), so the runner keeps one device.
+CPU devices trained 10 epochs in 6.5 s instead of 5.5 s), so a single model's data mesh keeps
+one of those devices (:func:`mlp_jax.distributed.make_mesh`), and neither do ``train.members``
+ensembles of small tables (penguins, 8 members: 1.6-2.0 s of training on 1 or 2 devices), so the
+runner does not ask for them.
 Each device holds its own copy of the rows, so a CPU sweep uses no more devices than a quarter
 of the machine's memory holds copies (:func:`cpu_copies_that_fit`).
 
@@ -129,28 +132,6 @@ class Member:
     index: int
     values: dict[str, Any]
     config: Config
-
-
-def use_cpu_cores() -> int:
-    """Asks JAX for one CPU device per core this process may run on; returns the devices JAX will make.
-
-    Must run before JAX's backends start (before any array is made): afterwards, and when the
-    user chose a count (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, ``JAX_NUM_CPU_DEVICES``
-    or ``jax_num_cpu_devices``), it changes nothing. Harmless on an accelerator host (JAX's default
-    devices are then the accelerators; the CPU devices are only made). Why: module docstring.
-    """
-    import os
-
-    from jax._src import xla_bridge  # no public way to ask whether the backends have started
-
-    chosen = (
-        "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
-        or os.environ.get("JAX_NUM_CPU_DEVICES")
-        or jax.config.jax_num_cpu_devices != -1
-    )
-    if not chosen and not xla_bridge.backends_are_initialized():
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
-    return len(jax.devices("cpu"))
 
 
 def group_dir(workdir: str | Path, group: int = 0) -> Path:
@@ -745,8 +726,9 @@ def _run_group(
             last = epoch == tc.epochs or not active.any() or interrupt.requested
             if store is not None and (epoch % config.train.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
-                # a[:k] copies: Orbax may still read these after the next epoch has donated the live buffers
-                unpadded = jax.tree.map(lambda a: a[:k], {"train": states.arrays(), "best_params": best})
+                # the live arrays when unpadded: Orbax copies them to host memory in the blocking part
+                # of save, before the next epoch donates them (tested: resumes are bitwise)
+                unpadded = _unpad({"train": states.arrays(), "best_params": best}, k)
                 meta = {
                     "format": META_FORMAT,
                     "config": json.loads(to_json(config)),

@@ -283,13 +283,18 @@ def test_use_cpu_cores_makes_a_cpu_device_per_core_unless_the_user_chose():
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout.split()
 
-    ask = "from mlp_jax import sweep; n = sweep.use_cpu_cores(); import jax; print(n, len(jax.devices()))"
+    # devices made, devices visible, devices of a single model's data mesh (train.num_devices=0)
+    ask = (
+        "from mlp_jax import distributed as d; n = d.use_cpu_cores(); import jax; "
+        "print(n, len(jax.devices()), d.make_mesh().devices.size)"
+    )
     cores = str(len(os.sched_getaffinity(0)))
-    assert devices(ask) == [cores, cores]
-    assert devices(ask, XLA_FLAGS="--xla_force_host_platform_device_count=3") == ["3", "3"]  # the user's count
-    assert devices(ask, JAX_NUM_CPU_DEVICES="5") == ["5", "5"]
+    assert devices(ask) == [cores, cores, "1"]  # a single run after a sweep keeps one device
+    assert devices(ask, XLA_FLAGS="--xla_force_host_platform_device_count=3") == ["3", "3", "3"]  # the user's count
+    assert devices(ask, JAX_NUM_CPU_DEVICES="5") == ["5", "5", "5"]
     # too late once JAX has started: no error, nothing changed
-    assert devices("import jax; jax.devices(); from mlp_jax import sweep; print(sweep.use_cpu_cores())") == ["1"]
+    late = "import jax; jax.devices(); from mlp_jax import distributed as d; print(d.use_cpu_cores())"
+    assert devices(late) == ["1"]
 
 
 def test_cpu_devices_are_capped_by_the_copies_of_the_rows_that_memory_holds(monkeypatch):
