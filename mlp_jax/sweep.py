@@ -23,9 +23,10 @@ replicated on every device, so a step needs no collective at all. Sharding batch
 instead would all-reduce every member's gradients on every step (K models' traffic for a
 step that is already tiny for these MLPs) and sum each gradient in another order on every
 device count (member sharding changes only how many members XLA compiles per device: the
-same losses to ~1e-5 relative, tested against 8 devices); the price of member sharding is that a member must fit one device (these do) and
-that K is padded to a multiple of the devices used with frozen copies (the device count is
-chosen to keep that padding small). Single process only.
+same losses to ~1e-5 relative, tested against 8 devices); the price of member sharding is
+that a member must fit one device (these do) and that K is padded to a multiple of the
+devices used with frozen copies (the device count is chosen to keep that padding small).
+Single process only.
 
 On a CPU-only host JAX makes one CPU device, and XLA:CPU runs a device's program on about one
 core for matmuls this small, so a sweep would leave the other cores idle.
@@ -33,12 +34,12 @@ core for matmuls this small, so a sweep would leave the other cores idle.
 starts) makes one CPU device per core, so the members' shards run side by side: on this
 project's 2-core box, 16 baseline members train in 1.4-1.6 s per epoch instead of 2.6-2.7 s
 (``benchmarks/sweep_speed.py``). A single run does not gain from it (its batch split over two
-CPU devices trained 10 epochs in 6.5 s instead of 5.5 s), so a single model's data mesh keeps
-one of those devices (:func:`mlp_jax.distributed.make_mesh`), and neither do ``train.members``
-ensembles of small tables (penguins, 8 members: 1.6-2.0 s of training on 1 or 2 devices), so the
-runner does not ask for them.
-Each device holds its own copy of the rows, so a CPU sweep uses no more devices than a quarter
-of the machine's memory holds copies (:func:`cpu_copies_that_fit`).
+CPU devices trained 10 epochs in 6.5 s instead of 5.5 s), nor do ``train.members`` ensembles
+of small tables (penguins, 8 members: 1.6-2.0 s of training on 1 or 2 devices), so the runner
+does not ask for them, and a single model's data mesh keeps one of those devices
+(:func:`mlp_jax.distributed.make_mesh`). Each device holds its own copy of the rows, so a CPU
+sweep uses no more devices than a quarter of the machine's memory holds copies
+(:func:`cpu_copies_that_fit`).
 
 Checkpoints: one Orbax manager per group (``<workdir>/group-<g>``) holding the stacked
 train arrays and every member's best parameters (unpadded, so a run resumes on another
@@ -53,6 +54,7 @@ import dataclasses
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -511,14 +513,6 @@ def _member_devices(n_members: int, num_devices: int, auto_cap: int | None = Non
     return used, used * per_device
 
 
-def _unpad(tree: Any, k: int) -> Any:
-    """The first ``k`` rows of every leaf; the tree itself when there is no padding (no slicing
-    program to compile per leaf shape)."""
-    if all(a.shape[0] == k for a in jax.tree.leaves(tree)):
-        return tree
-    return jax.tree.map(lambda a: a[:k], tree)
-
-
 #: The share of the machine's memory that the replicated training and validation rows may take in all.
 CPU_DATA_SHARE = 0.25
 
@@ -532,8 +526,6 @@ def cpu_copies_that_fit(data_bytes: int, memory_bytes: int | None = None) -> int
     a CPU sweep uses no more devices than :data:`CPU_DATA_SHARE` of ``memory_bytes`` (the
     machine's physical memory by default) holds copies.
     """
-    import os
-
     if memory_bytes is None:
         memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return max(1, int(memory_bytes * CPU_DATA_SHARE) // max(data_bytes, 1))
@@ -726,9 +718,9 @@ def _run_group(
             last = epoch == tc.epochs or not active.any() or interrupt.requested
             if store is not None and (epoch % config.train.checkpoint_every == 0 or last):
                 tc0 = time.perf_counter()
-                # the live arrays when unpadded: Orbax copies them to host memory in the blocking part
-                # of save, before the next epoch donates them (tested: resumes are bitwise)
-                unpadded = _unpad({"train": states.arrays(), "best_params": best}, k)
+                # a[:k] is the live array when unpadded: Orbax copies it to host memory in the blocking
+                # part of save, before the next epoch donates it (tested: resumes are bitwise)
+                unpadded = jax.tree.map(lambda a: a[:k], {"train": states.arrays(), "best_params": best})
                 meta = {
                     "format": META_FORMAT,
                     "config": json.loads(to_json(config)),
@@ -751,7 +743,8 @@ def _run_group(
             store.close()
             timings["checkpoint"] += time.perf_counter() - tc0
 
-    final, best = _unpad(states, k), _unpad(best, k)
+    final = jax.tree.map(lambda a: a[:k], states)
+    best = jax.tree.map(lambda a: a[:k], best)
     mres = []
     for j, m in enumerate(group):
         s = stoppers[j]
