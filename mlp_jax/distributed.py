@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -118,6 +119,108 @@ def is_primary() -> bool:
 _CPU_DEVICES_PER_CORE = False
 
 
+def _cgroup_dirs(controller: str, root: Path, proc_cgroup: Path) -> list[Path]:
+    """The cgroup directories whose ``controller`` limits apply to this process: its own and each ancestor.
+
+    Read from ``/proc/self/cgroup``: ``0::/path`` is the unified (v2) hierarchy, mounted at
+    ``root`` (or ``root/unified`` on a hybrid host); ``N:cpu,cpuacct:/path`` a v1 one, mounted at
+    ``root/cpu,cpuacct`` or ``root/cpu``. Directories that do not exist are left out.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    dirs: list[Path] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            bases = [root, root / "unified"]
+        elif controller in controllers.split(","):
+            bases = [root / controllers, root / controller]
+        else:
+            continue
+        for base in bases:
+            d = base / path.strip().lstrip("/")
+            while d.is_dir():
+                dirs.append(d)
+                if d == base:
+                    break
+                d = d.parent
+    return list(dict.fromkeys(dirs))
+
+
+def _read_first(d: Path, name: str) -> str | None:
+    try:
+        return (d / name).read_text().split("\n")[0].strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> float | None:
+    """Cores' worth of CPU time a cgroup quota allows this process (``docker --cpus 1.5`` -> 1.5); None if unlimited.
+
+    The smallest quota of the process's cgroup and its ancestors: v2 ``cpu.max`` ("max 100000" or
+    "150000 100000"), v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (-1: none). Unreadable or
+    malformed files count as no limit.
+    """
+    quotas = []
+    for d in _cgroup_dirs("cpu", root, proc_cgroup):
+        v2 = _read_first(d, "cpu.max")
+        if v2 is not None:
+            parts = v2.split()
+            if len(parts) == 2 and parts[0] != "max":
+                try:
+                    quotas.append(int(parts[0]) / int(parts[1]))
+                except (ValueError, ZeroDivisionError):
+                    pass
+            continue
+        quota, period = _read_first(d, "cpu.cfs_quota_us"), _read_first(d, "cpu.cfs_period_us")
+        try:
+            if quota is not None and period is not None and int(quota) > 0:
+                quotas.append(int(quota) / int(period))
+        except (ValueError, ZeroDivisionError):
+            pass
+    return min(quotas) if quotas else None
+
+
+def cgroup_memory_limit(
+    root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes a cgroup memory limit allows this process (``docker --memory``); None if unlimited.
+
+    The smallest of v2 ``memory.max`` ("max": none) and v1 ``memory.limit_in_bytes`` (v1 writes
+    ~2**63 for none) over the process's cgroup and its ancestors.
+    """
+    limits = []
+    for d in _cgroup_dirs("memory", root, proc_cgroup):
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            v = _read_first(d, name)
+            if v is not None and v.isdigit() and int(v) < 2**62:
+                limits.append(int(v))
+    return min(limits) if limits else None
+
+
+def usable_cores() -> int:
+    """CPU cores this process can use: its CPU affinity, capped by a cgroup CPU quota rounded down (at least 1).
+
+    ``os.cpu_count()`` and the affinity both see every core of the host inside a container
+    started with ``--cpus``; one CPU device per host core there would time-slice the quota.
+    """
+    cores = len(os.sched_getaffinity(0))
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, int(quota))) if quota is not None else cores
+
+
+def usable_memory_bytes() -> int:
+    """Physical memory, capped by a cgroup memory limit (a container's ``--memory``)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = cgroup_memory_limit()
+    return min(physical, limit) if limit is not None else physical
+
+
 def use_cpu_cores() -> int:
     """Asks JAX for one CPU device per core this process may run on; returns the CPU devices JAX makes.
 
@@ -129,7 +232,7 @@ def use_cpu_cores() -> int:
     Must run before JAX's backends start (before any array is made): afterwards, and when the
     user chose a count (``XLA_FLAGS=--xla_force_host_platform_device_count=N``, ``JAX_NUM_CPU_DEVICES``
     or ``jax_num_cpu_devices``), it changes nothing. Harmless on an accelerator host (JAX's default
-    devices are then the accelerators). Cores: the process's CPU affinity, not a container's quota.
+    devices are then the accelerators). Cores: :func:`usable_cores` (affinity, capped by a container's quota).
     """
     global _CPU_DEVICES_PER_CORE
     from jax._src import xla_bridge  # no public way to ask whether the backends have started
@@ -140,7 +243,7 @@ def use_cpu_cores() -> int:
         or jax.config.jax_num_cpu_devices != -1
     )
     if not chosen and not xla_bridge.backends_are_initialized():
-        jax.config.update("jax_num_cpu_devices", len(os.sched_getaffinity(0)))
+        jax.config.update("jax_num_cpu_devices", usable_cores())
         _CPU_DEVICES_PER_CORE = True
     return len(jax.devices("cpu"))
 

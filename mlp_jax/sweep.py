@@ -54,7 +54,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -71,8 +70,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers
 
+from mlp_jax import distributed, optim, train
 from mlp_jax import model as model_lib
-from mlp_jax import optim, train
 from mlp_jax.artifact import NetworkSpec
 from mlp_jax.config import (
     Config,
@@ -524,10 +523,10 @@ def cpu_copies_that_fit(data_bytes: int, memory_bytes: int | None = None) -> int
     one buffer per device, also on CPU devices that share the host's memory), so one CPU device
     per core would multiply a large table's memory by the core count. With ``train.num_devices=0``
     a CPU sweep uses no more devices than :data:`CPU_DATA_SHARE` of ``memory_bytes`` (the
-    machine's physical memory by default) holds copies.
+    machine's physical memory, capped by a container's limit, by default) holds copies.
     """
     if memory_bytes is None:
-        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        memory_bytes = distributed.usable_memory_bytes()
     return max(1, int(memory_bytes * CPU_DATA_SHARE) // max(data_bytes, 1))
 
 

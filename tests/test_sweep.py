@@ -288,13 +288,70 @@ def test_use_cpu_cores_makes_a_cpu_device_per_core_unless_the_user_chose():
         "from mlp_jax import distributed as d; n = d.use_cpu_cores(); import jax; "
         "print(n, len(jax.devices()), d.make_mesh().devices.size)"
     )
-    cores = str(len(os.sched_getaffinity(0)))
+    from mlp_jax.distributed import usable_cores
+
+    cores = str(usable_cores())  # the affinity, capped by a container quota
     assert devices(ask) == [cores, cores, "1"]  # a single run after a sweep keeps one device
     assert devices(ask, XLA_FLAGS="--xla_force_host_platform_device_count=3") == ["3", "3", "3"]  # the user's count
     assert devices(ask, JAX_NUM_CPU_DEVICES="5") == ["5", "5", "5"]
     # too late once JAX has started: no error, nothing changed
     late = "import jax; jax.devices(); from mlp_jax import distributed as d; print(d.use_cpu_cores())"
     assert devices(late) == ["1"]
+
+
+def _cgroups(tmp_path, proc_lines, files):
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text + "\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text("\n".join(proc_lines) + "\n")
+    return tmp_path, proc
+
+
+def test_a_containers_cgroup_quota_caps_the_cores_and_memory(tmp_path, monkeypatch):
+    from mlp_jax import distributed as D
+
+    # cgroup v2 (docker --cpus 1.5 --memory 2g): the process's cgroup, or a tighter ancestor, limits it
+    root, proc = _cgroups(
+        tmp_path / "v2",
+        ["0::/docker/abc"],
+        {
+            "docker/abc/cpu.max": "150000 100000",
+            "docker/abc/memory.max": str(2 << 30),
+            "docker/cpu.max": "max 100000",
+            "docker/memory.max": str(1 << 30),
+        },
+    )
+    assert D.cgroup_cpu_quota(root, proc) == 1.5
+    assert D.cgroup_memory_limit(root, proc) == 1 << 30
+    # cgroup v1 (this project's CI box has one): quota/period; -1 and v1's ~2**63 mean unlimited
+    root, proc = _cgroups(
+        tmp_path / "v1",
+        ["4:memory:/job", "3:cpu,cpuacct:/job", "0::/"],
+        {
+            "cpu,cpuacct/job/cpu.cfs_quota_us": "300000",
+            "cpu,cpuacct/job/cpu.cfs_period_us": "100000",
+            "cpu,cpuacct/cpu.cfs_quota_us": "-1",
+            "cpu,cpuacct/cpu.cfs_period_us": "100000",
+            "memory/job/memory.limit_in_bytes": "9223372036854771712",
+        },
+    )
+    assert D.cgroup_cpu_quota(root, proc) == 3.0
+    assert D.cgroup_memory_limit(root, proc) is None
+    # no limits, malformed files, a missing /proc entry: no cap, no error
+    root, proc = _cgroups(tmp_path / "none", ["0::/"], {"cpu.max": "max 100000", "memory.max": "max"})
+    assert D.cgroup_cpu_quota(root, proc) is None and D.cgroup_memory_limit(root, proc) is None
+    root, proc = _cgroups(tmp_path / "bad", ["0::/"], {"cpu.max": "lots", "memory.max": "-5"})
+    assert D.cgroup_cpu_quota(root, proc) is None and D.cgroup_memory_limit(root, proc) is None
+    assert D.cgroup_cpu_quota(root, tmp_path / "missing") is None
+
+    # usable_cores: the affinity, capped by the quota rounded down, never below 1
+    monkeypatch.setattr(D.os, "sched_getaffinity", lambda pid: set(range(64)))
+    for quota, cores in ((1.5, 1), (0.5, 1), (8.0, 8), (None, 64), (100.0, 64)):
+        monkeypatch.setattr(D, "cgroup_cpu_quota", lambda q=quota: q)
+        assert D.usable_cores() == cores
+    monkeypatch.setattr(D, "cgroup_memory_limit", lambda: 1 << 30)
+    assert D.usable_memory_bytes() == 1 << 30
 
 
 def test_cpu_devices_are_capped_by_the_copies_of_the_rows_that_memory_holds(monkeypatch):
