@@ -288,6 +288,7 @@ def _category_keys(values: pd.Series, kind: str) -> tuple[Any, np.ndarray]:
             keys[ok] = num[ok].astype(str)
         if intlike.any():
             keys[intlike] = num[intlike].astype(np.int64).astype(str)
+        keys[null] = None  # a text column's gaps are NaN objects, not text
         return pa.array(keys, type=pa.string()), null
     if pd.api.types.is_bool_dtype(values):
         values = values.map({True: "True", False: "False"})
@@ -308,6 +309,26 @@ def _null_tokens() -> Any:
 
 def _is_text(values: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values))
+
+
+def _numeric_codes(values: pd.Series, null: np.ndarray) -> bool:
+    """Whether a ``data.categorical`` column holds numbers (its categories are then keyed by value).
+
+    True for a numeric column, and for text whose every value reads as a finite number with no
+    leading zero (``"3"``, ``"2.0"``, ``"-1"``; a CSV column read as text, or written by pandas as
+    ``2.0`` because it had a gap): 3, 3.0, ``"3"`` and ``"3.0"`` are then one category, in training
+    and at prediction. Codes such as ``"007"`` stay text (``"007"`` is not ``7``), as do booleans.
+    """
+    if pd.api.types.is_bool_dtype(values):
+        return False
+    if not _is_text(values):
+        return True
+    present = values[~null]
+    if present.map(type).ne(str).any():  # mixed objects (bools, numbers and text): keyed by their text
+        return False
+    text = present.str.strip()
+    num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.isfinite(num).all() and not text.str.match(r"[+-]?0\d").any())
 
 
 def _python_bools(values: pd.Series) -> bool:
@@ -386,7 +407,7 @@ class Preprocessor:
                     f"column {name!r} has no values (all {len(values)} missing); drop it with data.drop={name}", name
                 )
             if name in cfg.categorical:
-                kind = "text" if _is_text(values) or pd.api.types.is_bool_dtype(values) else "number"
+                kind = "number" if _numeric_codes(values, null) else "text"
                 specs.append(cls._fit_categorical(name, values, kind, cfg))
             elif pd.api.types.is_bool_dtype(values) or _bool_like(values, null):
                 missing_counts[name] = n_missing

@@ -217,6 +217,30 @@ def test_numeric_column_named_categorical_keys_numbers_by_value():
     assert a[0] == a[1] == a[2] and a[0] >= 2
 
 
+@pytest.mark.parametrize("written", ["ints", "floats_with_a_gap"])
+def test_codes_read_as_text_key_numbers_by_value(tmp_path, written):
+    # integer codes in data.categorical, as a CSV gives them (text), or as pandas writes them once the
+    # column has a gap ("2.0"): 3, 3.0, "3" and "3.0" are one category in training and at prediction
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, 200).astype(float)
+    if written == "floats_with_a_gap":
+        codes[0] = np.nan
+    frame = pd.DataFrame({"code": codes if written != "ints" else codes.astype(int), "y": rng.choice(["a", "b"], 200)})
+    path = frame.to_csv(tmp_path / "codes.csv", index=False) or tmp_path / "codes.csv"
+    table = D.load_table(cfg(path=str(path), target="y", categorical=("code",)))
+    pre = Preprocessor.fit(table.frame.drop(columns="y"), cfg(target="y", categorical=("code",)))
+    (spec,) = pre.columns
+    assert spec.kind == "number" and spec.vocabulary == ("0", "1", "2", "3")
+    x = pre.transform(pd.DataFrame({"code": [3, 3.0, "3", "3.0", " 3 "]})).x[:, pre.n_dense]
+    assert len(set(x.tolist())) == 1 and x[0] >= 2  # one known slot (0: missing, 1: unknown)
+    assert pre.transform(pd.DataFrame({"code": [7]})).unknown_counts["code"] == 1
+    # codes with leading zeros stay text: "007" is not 7
+    zeros = pd.DataFrame({"code": rng.choice(["007", "010", "123"], 200)})
+    pre = Preprocessor.fit(zeros, cfg(categorical=("code",)))
+    assert pre.columns[0].kind == "text"
+    assert pre.transform(pd.DataFrame({"code": ["7"]})).unknown_counts["code"] == 1
+
+
 def test_json_round_trip_gives_identical_transform():
     frame = every_kind()
     pre = Preprocessor.fit(frame, cfg(drop=("id",), scaling="standard"))
