@@ -362,6 +362,10 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
     return new
 
 
+#: The largest ``seed`` (and ``data.synthetic_seed``) accepted.
+MAX_SEED = 2_000_000_000
+
+
 def validate(c: Config) -> None:
     """Range checks that types alone cannot express."""
 
@@ -379,6 +383,10 @@ def validate(c: Config) -> None:
             raise ConfigError(f"{key}: must be a finite number (got {value!r})")
 
     d, m, o, t = c.data, c.model, c.optim, c.train
+    # scikit-learn's random_state takes [0, 2**32); splits use seed + 1, ensembles seed .. seed + K - 1,
+    # sweeps hold seeds as int32: a round bound that leaves room for all of them
+    need(0 <= c.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED:_}]")
+    need(0 <= d.synthetic_seed <= MAX_SEED, "data.synthetic_seed", f"must be in [0, {MAX_SEED:_}]")
     need(0 < d.val_fraction < 1, "data.val_fraction", "must be in (0, 1)")
     need(0 < d.test_fraction < 1, "data.test_fraction", "must be in (0, 1)")
     need(d.val_fraction + d.test_fraction < 1, "data.test_fraction", "val_fraction + test_fraction must be < 1")

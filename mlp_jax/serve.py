@@ -25,6 +25,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -203,7 +204,23 @@ def decode_json(body: bytes, type: Any) -> Any:
     except msgspec.ValidationError as e:  # a subclass of DecodeError: first
         raise InvalidInput(f"invalid request body: {e}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as e:  # bad UTF-8 in keys surfaces as the latter
-        raise InvalidInput(f"malformed JSON: {e}") from None
+        raise InvalidInput(f"malformed JSON: {e}{_non_json_number(body, str(e))}") from None
+
+
+_BYTE = re.compile(r"\(byte (\d+)\)")
+_NON_JSON = re.compile(rb"-?(NaN|nan|Infinity|infinity|inf|Inf)\b")
+
+
+def _non_json_number(body: bytes, message: str) -> str:
+    """A hint when the bad character starts NaN or Infinity, which Python's json writes but JSON lacks."""
+    m = _BYTE.search(message)
+    if m is None:
+        return ""
+    at = int(m.group(1))
+    bad = _NON_JSON.match(body, max(at - 1, 0) if body[at - 1 : at] == b"-" else at)
+    if bad is None:
+        return ""
+    return f": {bad.group().decode()} is not a JSON number; send null for a missing value (finite numbers pass)"
 
 
 def parse_predict(body: bytes, content_type: str) -> PredictRequest:

@@ -61,6 +61,10 @@ def test_overrides_parse_each_type():
         ("train.batch_size=-1", "train.batch_size: must be >= 1 (0 = auto)"),
         ("train.patience=-2", "train.patience: must be >= 0"),
         ("noequals", "not of the form key=value"),
+        ("seed=-1", "seed: must be in [0, 2_000_000_000]"),
+        ("seed=99999999999999", "seed: must be in [0, 2_000_000_000]"),
+        ("data.synthetic_seed=4294967296", "data.synthetic_seed: must be in [0, 2_000_000_000]"),
+        ("sweep.seed=0,3000000000", "seed: must be in [0, 2_000_000_000] (got 3000000000)"),
     ],
 )
 def test_bad_overrides_name_the_key(item, message):
