@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -930,7 +931,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("port", "workers", "max_rows", "max_body_bytes", "max_queue_rows"):
         if getattr(args, name) < (0 if name == "port" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.port > 65535:
+        p.error(f"--port must be at most 65535, got {args.port}")
     return args
+
+
+def check_bind(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (address in use, no such address, no permission), or None.
+
+    Tried after the model loaded and before the "listening" line, with the SO_REUSEADDR that
+    uvicorn sets; the socket is closed again at once (another process could still take the port
+    in between: uvicorn then reports it).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        return f"cannot resolve --host {host!r}: {e}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as e:
+            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    return None
 
 
 def _exit_cleanly(signum: int, frame: Any) -> None:
@@ -968,6 +992,10 @@ def main(argv: list[str] | None = None) -> int:
         if not str(args.model).startswith(("models:/", "runs:/")):
             raise
         print(f"error: cannot serve --model {args.model}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    problem = check_bind(args.host, args.port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     log.info(
         "%s; listening on http://%s:%d with %d worker(s)", startup_line(predictor), args.host, args.port, args.workers

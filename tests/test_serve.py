@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -364,6 +365,22 @@ def test_missing_model_fails_at_startup_with_a_nonzero_exit(tmp_path):
     )
     assert out.returncode == 1
     assert f"cannot serve --model {tmp_path / 'nope'}" in out.stderr and "does not exist" in out.stderr
+
+
+def test_a_port_in_use_or_out_of_range_fails_at_startup_with_one_line(trained_workdir, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve.main(["--model", str(trained_workdir), "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err and "listening" not in err
+    assert serve.check_bind("127.0.0.1", 0) is None
+    assert "cannot resolve --host" in serve.check_bind("no-such-host.invalid", 0)
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main(["--port", "70000"])
+    assert exit_info.value.code == 2
+    assert "--port must be at most 65535, got 70000" in capsys.readouterr().err
 
 
 def test_not_a_checkpoint_and_bad_arguments_fail_at_startup(tmp_path, capsys):
