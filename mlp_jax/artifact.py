@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,11 +217,38 @@ class ArtifactMeta:
                 n_devices=int(d.get("n_devices", 1)),
                 members=_members(d.get("members", 1)),
                 format=int(fmt),
-            )
+            )._checked()
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"malformed model artifact metadata (format {fmt}): {type(e).__name__}: {e}"
             ) from None
+
+    def _checked(self) -> ArtifactMeta:
+        """``self`` if its parts agree with each other and with the network, else ValueError naming the field.
+
+        A hand-edited or damaged metadata file otherwise served wrong answers (three class labels
+        on a two-output network: 200 with two probabilities) or failed later with a traceback.
+        """
+        n = self.network.n_outputs
+        if self.task == "classification":
+            if len(self.classes) != n:
+                raise ValueError(f"classes lists {len(self.classes)} labels but the network has {n} outputs")
+            if len({json.dumps(c) for c in self.classes}) != len(self.classes):
+                raise ValueError(f"classes repeats a label: {list(self.classes)}")
+        elif self.task == "regression":
+            if len(self.targets) != n:
+                raise ValueError(f"targets lists {len(self.targets)} columns but the network has {n} outputs")
+            for key in ("mean", "scale"):
+                values = self.target_stats.get(key)
+                if not isinstance(values, list) or len(values) != n:
+                    raise ValueError(f"target_stats.{key} must list {n} numbers, got {values!r}")
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                    raise ValueError(f"target_stats.{key} holds a value that is not a finite number: {values}")
+            if not all(v > 0 for v in self.target_stats["scale"]):
+                raise ValueError(f"target_stats.scale must be positive, got {self.target_stats['scale']}")
+        else:
+            raise ValueError(f"task must be 'classification' or 'regression', got {self.task!r}")
+        return self
 
     @classmethod
     def from_json(cls, text: str) -> ArtifactMeta:

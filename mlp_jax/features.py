@@ -740,7 +740,15 @@ class Preprocessor:
             c.pop("cardinality", None)
             if role == "categorical":
                 c["vocabulary"] = tuple(c["vocabulary"])
-            specs.append(_SPECS[role](**c))
+            spec = _SPECS[role](**c)
+            if isinstance(spec, NumericSpec) and not (
+                all(math.isfinite(v) for v in (spec.center, spec.scale, spec.fill)) and spec.scale >= 0
+            ):
+                raise FeatureError(
+                    f"column {spec.name!r}: center {spec.center}, scale {spec.scale}, fill {spec.fill} "
+                    "must be finite numbers (scale >= 0)"
+                )
+            specs.append(spec)
         return cls(tuple(specs), d["scaling"], float(d["clip"]), d["missing"], tuple(d.get("notes", ())))
 
 

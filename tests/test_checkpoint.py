@@ -205,6 +205,63 @@ def test_unreadable_metadata_names_the_format(meta, message):
         A.ArtifactMeta.from_json(text)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(classes=[0, 1, 2]), "classes lists 3 labels but the network has 2 outputs"),
+        (lambda d: d.update(classes=[1, 1]), "classes repeats a label"),
+        (lambda d: d.update(task="regression"), "targets lists 0 columns but the network has 2 outputs"),
+        (lambda d: d.update(task="ranking"), "task must be 'classification' or 'regression'"),
+        (lambda d: d["preprocessing"]["columns"][0].update(scale=float("nan")), "must be finite numbers"),
+    ],
+    ids=["classes", "repeated-class", "task", "unknown-task", "nan-scale"],
+)
+def test_metadata_that_disagrees_with_the_network_is_refused(trained_workdir, tmp_path, edit, message):
+    """A hand-edited metadata file: refused at load with the field named (it served 3 classes from 2
+    outputs with 200, or failed later with a KeyError traceback)."""
+    import json
+    import shutil
+
+    from mlp_jax.predictor import Predictor
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_workdir, copy)
+    step = max(int(p.name) for p in copy.iterdir() if p.name.isdigit())
+    path = copy / str(step) / "meta" / "metadata"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(A.CheckpointError, match=message):
+        Predictor.load(copy / str(step))
+
+
+def test_regression_target_stats_are_checked():
+    import json
+
+    meta = {
+        "format": 2,
+        "config": {},
+        "input_columns": ["x"],
+        "preprocessing": {},
+        "data": {"source": "s", "digest": "d", "train": 1, "val": 1, "test": 1},
+    }
+    net = {"in_features": 1, "n_outputs": 1, "hidden_sizes": [4], "activation": "relu", "dropout": 0.0}
+    base = {**meta, "network": net, "task": "regression", "targets": ["y"]}
+    assert A.ArtifactMeta.from_json(json.dumps({**base, "target_stats": {"mean": [1.0], "scale": [2.0]}})).targets == (
+        "y",
+    )
+    for stats, message in [
+        ({"mean": [1.0]}, r"target_stats.scale must list 1 numbers"),
+        ({"mean": [1.0], "scale": [0.0]}, r"target_stats.scale must be positive"),
+        ({"mean": [1.0, 2.0], "scale": [1.0]}, r"target_stats.mean must list 1 numbers"),
+    ]:
+        with pytest.raises(A.CheckpointError, match=message):
+            A.ArtifactMeta.from_json(json.dumps({**base, "target_stats": stats}))
+    text = json.dumps({**base, "target_stats": {"mean": [float("nan")], "scale": [1.0]}})
+    with pytest.raises(A.CheckpointError, match="not a finite number"):
+        A.ArtifactMeta.from_json(text)
+
+
 def _truncate_arrays(step_dir: Path) -> int:
     """Truncates every array chunk file of a step (as `truncate -s 100 <step>/state/d/*` does)."""
     files = [f for f in step_dir.rglob("*") if f.is_file() and f.parent.name == "d"]
