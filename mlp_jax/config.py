@@ -293,8 +293,12 @@ def parse_value(key: str, tp: Any, raw: str) -> Any:
             return raw
         if _is_tuple(tp):
             (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
-            parts = [p for p in raw.replace("(", "").replace(")", "").split(",") if p.strip()]
-            return tuple(parse_value(key, item, p.strip()) for p in parts)
+            parts = raw.replace("(", "").replace(")", "").split(",")
+            if parts[-1].strip() == "" and len(parts) > 1:  # one trailing comma, as in a Python tuple
+                parts = parts[:-1]
+            if any(not p.strip() for p in parts) and raw.strip():
+                raise ConfigError(f"{key}: empty item in {raw!r} (items are separated by ',')")
+            return tuple(parse_value(key, item, p.strip()) for p in parts if p.strip())
         if tp is bool:
             low = raw.lower()
             if low in _TRUE:
@@ -397,6 +401,7 @@ def validate(c: Config) -> None:
         "classification takes one target column (several only with data.task=regression)",
     )
     need(len(set(d.target_names)) == len(d.target_names), "data.target", "names a column twice")
+    need(not set(d.drop) & set(d.target_names), "data.drop", "names the target column (a target is never an input)")
     need(bool(d.path), "data.path", "must be a CSV or Parquet path")
     need(d.clip >= 0, "data.clip", "must be >= 0 (0 = no clipping)")
     need(d.min_category_count >= 1, "data.min_category_count", "must be >= 1")
@@ -537,6 +542,8 @@ def parse_sweep_axis(specs: dict[str, tuple[Any, Any]], key: str, raw: str) -> S
         close = difflib.get_close_matches(key, specs.keys(), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join('sweep.' + k for k in close)}?" if close else "; see --help for every key"
         raise ConfigError(f"unknown sweep key {where!r}{hint}")
+    if key == "train.members":
+        raise ConfigError(f"{where}: cannot be swept (a sweep's members are its grid; sweep.seed=0,1,2 trains seeds)")
     if key.startswith(UNSWEEPABLE):
         raise ConfigError(f"{where}: cannot be swept (members share one dataset, device set and run)")
     tp, _ = specs[key]
