@@ -8,6 +8,7 @@ Column preprocessing (roles, imputation, scaling, category codes) lives in ``mlp
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
@@ -17,7 +18,7 @@ import os
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,165 @@ def _parquet_files(folder: Path) -> list[Path]:
     )
 
 
+def _pandas_index_columns(schema: Any) -> set[str]:
+    """Columns that hold a written pandas index (named in the file's pandas metadata)."""
+    meta = schema.pandas_metadata or {}
+    return {c for c in meta.get("index_columns", []) if isinstance(c, str)}
+
+
+def _merged_type(a: Any, b: Any) -> Any:
+    """The type both ``a`` and ``b`` read as without loss of meaning, or None (see :func:`parquet_schema`)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(a) != pa.types.is_dictionary(b):  # a pandas categorical vs plain values
+        a = a.value_type if pa.types.is_dictionary(a) else a
+        b = b.value_type if pa.types.is_dictionary(b) else b
+    if a == b:
+        return a
+    try:
+        merged = pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])], promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return merged.field("c").type
+
+
+def parquet_schema(path: str | os.PathLike) -> Any:
+    """The Arrow schema of a Parquet file, or the one schema the files of a Parquet folder share.
+
+    The files of a folder must agree on their columns (names; order may differ) and types.
+    Differences that lose nothing are allowed and read as the common type (pyarrow's
+    "permissive" promotion): nullability; a column entirely missing in one file (type null);
+    integers and floats (read as float64), or different widths of one kind (int32/int64,
+    float32/float64, decimal precisions, string/large_string, timestamp units); a pandas
+    categorical (dictionary) column and plain values. Text vs numbers, booleans vs numbers,
+    a list vs a number and the like are refused. A written pandas index (named in a file's
+    pandas metadata) is left out of a folder's schema: it is not data.
+
+    Raises:
+      DataError: an unreadable file, a folder without files, or the first file (by sorted name)
+        that disagrees with the files before it, and how (its missing or extra columns, or the
+        column whose type differs, with both types and files).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    files = _parquet_files(p) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"{p} is a folder without Parquet files")
+    schemas = []
+    for f in files:
+        try:
+            schemas.append(pq.read_schema(f))
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read Parquet schema of {f}: {e}") from None
+    if not p.is_dir():
+        return schemas[0]
+
+    def rel(f: Path) -> str:
+        return f.relative_to(p).as_posix()
+
+    def data_fields(schema: Any) -> dict[str, Any]:
+        index = _pandas_index_columns(schema)
+        return {f.name: f.type for f in schema if f.name not in index}
+
+    first = data_fields(schemas[0])
+    types = {n: (t, files[0]) for n, t in first.items()}  # the type so far and the file it comes from
+    rule = "the files of a Parquet folder must have the same columns, of the same types"
+    for f, schema in zip(files[1:], schemas[1:], strict=True):
+        fields = data_fields(schema)
+        missing = [n for n in first if n not in fields]
+        if missing:
+            raise DataError(
+                f"{p}: {rel(f)} lacks column(s) {', '.join(map(repr, missing))} that {rel(files[0])} has; {rule}"
+            )
+        extra = [n for n in fields if n not in first]
+        if extra:
+            raise DataError(
+                f"{p}: {rel(f)} has column(s) {', '.join(map(repr, extra))} that {rel(files[0])} lacks; {rule}"
+            )
+        for n, t in fields.items():
+            known, origin = types[n]
+            merged = _merged_type(known, t)
+            if merged is None:
+                raise DataError(
+                    f"{p}: column {n!r} is {_type_name(t)} in {rel(f)} but {_type_name(known)} in {rel(origin)}; {rule} "
+                    "(integers and floats may mix)"
+                )
+            types[n] = (merged, origin if merged == known else f)
+    changed = {n for n, (t, _) in types.items() if t != first[n]}
+    metadata = dict(schemas[0].metadata or {})
+    if changed and b"pandas" in metadata:  # its column types are the first file's: forget the merged ones
+        import json
+
+        meta = json.loads(metadata[b"pandas"])
+        meta["columns"] = [c for c in meta.get("columns", []) if c.get("name") not in changed]
+        metadata[b"pandas"] = json.dumps(meta).encode()
+    return pa.schema([pa.field(n, t) for n, (t, _) in types.items()], metadata=metadata or None)
+
+
+def _read_parquet(path: Path) -> Any:
+    """A Parquet file, or a folder's files in sorted order read as their common schema (see :func:`parquet_schema`).
+
+    Raises:
+      DataError: the folder's files disagree, or a file lies in a ``key=value`` sub-folder (a
+        Hive-style partitioned dataset, whose keys are not columns of the files and would be lost).
+    """
+    import pyarrow.parquet as pq
+
+    if not path.is_dir():
+        return pq.read_table(str(path))
+    schema = parquet_schema(path)
+    files = _parquet_files(path)
+    keyed = next((f for f in files if any("=" in d for d in f.relative_to(path).parts[:-1])), None)
+    if keyed is not None:
+        raise DataError(
+            f"{path}: {keyed.relative_to(path).as_posix()} lies in a key=value sub-folder (a partitioned dataset); "
+            "partition keys are not read as columns, so write them as columns of the files, in one flat folder"
+        )
+    return pq.read_table([str(f) for f in files], schema=schema)
+
+
+def decimals_as_floats(data: Any) -> Any:
+    """``data`` (a pyarrow Table or RecordBatch) with its decimal columns cast to float64.
+
+    pandas would hold decimals as ``decimal.Decimal`` objects, which read as text (a category);
+    as float64 they are numbers, in training and in prediction alike.
+    """
+    import pyarrow as pa
+
+    schema = data.schema
+    for i, f in enumerate(schema):
+        if pa.types.is_decimal(f.type):
+            schema = schema.set(i, f.with_type(pa.float64()))
+    return data if schema == data.schema else data.cast(schema)
+
+
+def _refuse_unsupported(schema: Any, where: str, dropped: Sequence[str]) -> None:
+    """Refuses nested (list, struct, map) and binary columns, unless they are dropped."""
+    import pyarrow as pa
+
+    index = _pandas_index_columns(schema)
+    for f in schema:
+        if f.name in dropped or f.name in index:
+            continue
+        if pa.types.is_nested(f.type):
+            what = "nested values"
+        elif pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) or pa.types.is_fixed_size_binary(f.type):
+            what = "binary values (bytes, not text)"
+        else:
+            continue
+        raise DataError(
+            f"{where}: column {f.name!r} holds {what} of type {_type_name(f.type)}, which are not supported "
+            f"(a feature or target holds numbers, text or booleans); leave it out with data.drop={f.name}"
+        )
+
+
+def _type_name(t: Any) -> str:
+    """An Arrow type as a message shows it (``string``, not pyarrow's ``large_string``)."""
+    return str(t).replace("large_", "")
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 (first 16 hex digits) of the file's bytes; of a folder: every data file's path + bytes, sorted."""
     p = Path(path)
@@ -156,12 +316,7 @@ def read_header(source: str | os.PathLike | bytes) -> list[str]:
         p = Path(source)
         where = str(p)
         if is_parquet(p):
-            import pyarrow.parquet as pq
-
-            try:
-                names = list(pq.read_schema(_parquet_files(p)[0] if p.is_dir() else p).names)
-            except (OSError, IndexError, ValueError) as e:
-                raise DataError(f"cannot read Parquet schema of {p}: {e}") from None
+            names = list(parquet_schema(p).names)
         else:
             with open(p, "rb") as f:
                 prefix = f.read(_HEADER_PREFIX)
@@ -178,7 +333,11 @@ _COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\xfd7zXZ\x00": "xz",
 
 
 def _refuse_compressed(prefix: bytes, where: str) -> None:
-    """Names a compressed or UTF-16 file instead of reading its bytes as a garbled CSV header."""
+    """Names a compressed, UTF-16 or otherwise not UTF-8 file instead of reading its bytes as garbled text.
+
+    Only the first :data:`_HEADER_PREFIX` bytes are checked here; a bad byte further on is
+    named by the reader (:func:`_read_error`, :func:`_refuse_binary_text`).
+    """
     kind = next((k for magic, k in _COMPRESSED.items() if prefix.startswith(magic)), None)
     if prefix[:3] == b"BZh" and prefix[4:10] == b"1AY&SY":
         kind = "bzip2"
@@ -186,6 +345,14 @@ def _refuse_compressed(prefix: bytes, where: str) -> None:
         raise DataError(f"{where} is {kind}-compressed; decompress it first (or save the table as Parquet)")
     if prefix.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{where} is UTF-16 text; save it as UTF-8")
+    try:  # the prefix may end inside a character: an incremental decoder waits for the rest
+        codecs.getincrementaldecoder("utf-8")().decode(prefix, final=False)
+    except UnicodeDecodeError as e:
+        line = prefix.count(b"\n", 0, e.start) + 1
+        raise _not_utf8(
+            where,
+            f"line {line} holds byte 0x{prefix[e.start]:02x}, which is not UTF-8: perhaps Latin-1 or Windows-1252",
+        ) from None
 
 
 def _csv_header(prefix: bytes) -> list[str] | None:
@@ -231,18 +398,64 @@ def delimiter_hint(columns: list[str]) -> str:
     return ""
 
 
+def csv_row(i: int) -> str:
+    """How a message names the CSV row at 0-based data position ``i``: ``data row i+1 (line i+2)``.
+
+    1-based, as the batch command names rows; the header is line 1 (the line is off when an
+    earlier value spans lines).
+    """
+    return f"data row {i + 1} (line {i + 2})"
+
+
+def row_namer(path: str | os.PathLike) -> Callable[[Any], str]:
+    """How training errors name a row of the table read from ``path``, from its 0-based position in it.
+
+    A CSV: :func:`csv_row`; a Parquet file: ``row N`` (1-based); a Parquet folder: ``row N
+    of part.parquet`` (1-based within that file, files in sorted order as read).
+    """
+    p = Path(path)
+    if not is_parquet(p):
+        return lambda i: csv_row(int(i))
+    if not p.is_dir():
+        return lambda i: f"row {int(i) + 1}"
+    import bisect
+    import functools
+
+    @functools.cache
+    def files_and_starts() -> tuple[list[Path], list[int]]:  # read when an error needs it
+        import pyarrow.parquet as pq
+
+        files = _parquet_files(p)
+        sizes = [pq.ParquetFile(f).metadata.num_rows for f in files[:-1]]
+        return files, [0, *np.cumsum(sizes, dtype=np.int64).tolist()]
+
+    def name(i: Any) -> str:
+        files, starts = files_and_starts()
+        k = bisect.bisect_right(starts, int(i)) - 1
+        return f"row {int(i) - starts[k] + 1} of {files[k].relative_to(p).as_posix()}"
+
+    return name
+
+
 def read_table(
     source: str | os.PathLike | bytes,
     string_columns: Sequence[str] = (),
+    dropped: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Reads a whole CSV (path or bytes) or Parquet file/folder into a DataFrame.
 
     Types are inferred (pyarrow); ``string_columns`` are read as text (so ``007`` stays
-    ``"007"``). The null tokens mean missing in every column. Notes about what was changed
-    (a dropped index column, renamed empty header cells) are in ``frame.attrs["notes"]``.
+    ``"007"``). The null tokens mean missing in every column. Parquet decimals are read as
+    float64 numbers; the files of a Parquet folder must agree (:func:`parquet_schema`). Notes
+    about what was changed (a dropped index column, renamed empty header cells) are in
+    ``frame.attrs["notes"]``.
+
+    ``dropped``: columns the caller leaves out (``data.drop``); they are read, but a Parquet
+    column of an unsupported type (nested or binary) is refused only when not among them.
 
     Raises:
-      DataError: unreadable or unparsable file, or a duplicate header name.
+      DataError: unreadable or unparsable file, text that is not UTF-8, a duplicate header
+        name, a Parquet folder whose files disagree, or a nested or binary Parquet column.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -254,10 +467,9 @@ def read_table(
     names = _column_names(raw)
     try:
         if not isinstance(source, (bytes, bytearray, memoryview)) and is_parquet(source):
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(str(source))
-            frame = table.to_pandas().reset_index(drop=True)
+            table = _read_parquet(Path(source))
+            _refuse_unsupported(table.schema, where, dropped)
+            frame = decimals_as_floats(table).to_pandas().reset_index(drop=True)
             for c in frame.columns:  # the CSV dialect's null tokens mean missing here too
                 if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c]):
                     frame[c] = frame[c].mask(frame[c].isin(NULL_TOKENS))
@@ -274,10 +486,11 @@ def read_table(
                     strings_can_be_null=True,
                 ),
             )
+            _refuse_binary_text(table, where)
             frame = table.to_pandas()
             check_closed_quotes(frame, where, source)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"cannot read {where}: {e}") from None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OSError) as e:
+        raise _read_error(where, e) from None
     notes = []
     renamed = [n for r, n in zip(raw, names, strict=True) if r == ""]
     if raw and raw[0] == "" and len(frame) and _is_counter(frame[names[0]]):
@@ -290,6 +503,38 @@ def read_table(
         log.info(n)
     frame.attrs["notes"] = notes
     return frame
+
+
+def _not_utf8(where: str, detail: str) -> DataError:
+    return DataError(f"{where} is not UTF-8 text ({detail}); save it as UTF-8")
+
+
+def _read_error(where: str, e: Exception) -> DataError:
+    """pyarrow's error while reading, as a DataError naming the file (bad UTF-8 worded as such)."""
+    if "invalid UTF8" in str(e):
+        return _not_utf8(where, f"pyarrow: {e}")
+    return DataError(f"cannot read {where}: {e}")
+
+
+def _refuse_binary_text(table: Any, where: str) -> None:
+    """A CSV column pyarrow read as binary holds bytes that are not UTF-8 (e.g. Latin-1 'café' past the
+    first MiB, which :func:`_refuse_compressed` checks)."""
+    import pyarrow as pa
+
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            bad = ((i, v) for i, v in enumerate(col.to_pylist()) if v is not None and not _is_utf8(v))
+            i, v = next(bad, (None, b""))
+            at = f", {csv_row(i)} holds {v[:40]!r}" if i is not None else ""
+            raise _not_utf8(where, f"column {name!r}{at}")
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _is_counter(values: pd.Series) -> bool:
@@ -346,7 +591,7 @@ def iter_csv_for_prediction(
             check_closed_quotes(last, where, source, rows)
             yield last
     except pa.ArrowInvalid as e:
-        raise DataError(f"cannot read {where}: {e}") from None
+        raise _read_error(where, e) from None
 
 
 def _ends_with_quote(source: str | os.PathLike | bytes) -> bool:
@@ -369,17 +614,18 @@ def check_closed_quotes(frame: pd.DataFrame, where: str, source: str | os.PathLi
     with its closing quote (the file's last byte then is ``"``), not at the end of the file.
 
     Raises:
-      DataError: names the data row and column where the quote opened.
+      DataError: names the data row (1-based, and its line) and column where the quote opened.
     """
     if not len(frame):
         return
     row = frame.iloc[-1]
+    n = first_row + len(frame)  # 1-based data row of the last row
     for c in frame.columns:
         v = row[c]
         if isinstance(v, str) and ("\n" in v or "\r" in v) and not _ends_with_quote(source):
             lines = len(v.splitlines())
             raise DataError(
-                f"{where}: a quote opened in data row {first_row + len(frame) - 1}, column {c!r} is never closed; "
+                f"{where}: a quote opened in {csv_row(n - 1)}, column {c!r} is never closed; "
                 f"the value runs to the end of the file over {lines} lines (starting {v[:30]!r}), so those rows "
                 "would be lost: close the quote"
             )
@@ -400,6 +646,9 @@ class Table:
     frame: pd.DataFrame
     source: str
     digest: str  # sha256 of the file bytes (first 16 hex digits)
+    #: how errors name a row, from its index label in ``frame`` (the 0-based row as read; see row_namer);
+    #: None: ``row <label>``
+    row_name: Callable[[Any], str] | None = None
 
 
 def load_table(cfg: DataConfig) -> Table:
@@ -416,7 +665,7 @@ def load_table(cfg: DataConfig) -> Table:
     if p.is_file() and p.stat().st_size == 0:
         raise DataError(f"data file is empty: {p.resolve()}")
     text = list(cfg.categorical) + (list(cfg.target_names) if cfg.task == "classification" else [])
-    frame = read_table(p, string_columns=text)
+    frame = read_table(p, string_columns=text, dropped=cfg.drop)
     if frame.shape[0] == 0:
         raise DataError(f"data file {p} has a header but 0 data rows")
     absent = [t for t in cfg.target_names if t not in frame.columns]
@@ -427,7 +676,7 @@ def load_table(cfg: DataConfig) -> Table:
         )
     if frame.shape[1] - len(cfg.target_names) == 0:
         raise DataError(f"{p} has no feature columns besides the target {cfg.target!r}")
-    return Table(frame, str(p.resolve()), file_digest(p))
+    return Table(frame, str(p.resolve()), file_digest(p), row_namer(p))
 
 
 # ----------------------------------------------------------------------------- split + preprocess
@@ -527,6 +776,7 @@ def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     frame, names = table.frame, cfg.target_names
+    row_name = table.row_name or (lambda label: f"row {label}")
     has_target = frame[list(names)].notna().all(axis=1).to_numpy()
     dropped = int((~has_target).sum())
     if dropped:
@@ -539,7 +789,8 @@ def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
             where = ", ".join(f"{c} ({n} rows)" for c, n in gaps.items())
             raise DataError(f"{table.source}: missing values in feature column(s): {where}")
     try:
-        target = TargetSpec.fit(frame, cfg.task, names)
+        _refuse_infinities(frame, cfg, row_name)
+        target = TargetSpec.fit(frame, cfg.task, names, row_name)
         y_all = target.encode(frame) if cfg.task == "classification" else None
     except FeatureError as e:
         raise DataError(f"{table.source}: {e}") from None
@@ -572,7 +823,22 @@ def split(table: Table, cfg: DataConfig, seed: int) -> Dataset:
     parts = {k: frame.iloc[ix] for k, ix in (("train", train), ("val", val), ("test", test))}
     if cfg.task == "regression":
         target = None  # statistics from train only
-    return _fit_transform(parts, cfg, target, table.source, table.digest, dropped)
+    return _fit_transform(parts, cfg, target, table.source, table.digest, dropped, row_name)
+
+
+def _refuse_infinities(frame: pd.DataFrame, cfg: DataConfig, row_name: Callable[[Any], str] | None) -> None:
+    """Names the first infinite value of a numeric feature column in the file, before the split shuffles the rows.
+
+    Raises:
+      FeatureError: as :meth:`Preprocessor.fit` words it, with the row as ``row_name`` names it.
+    """
+    from mlp_jax.features import _numbers
+
+    skip = {*cfg.target_names, *cfg.drop, *cfg.categorical}
+    for c in frame.columns:
+        v = frame[c]
+        if c not in skip and pd.api.types.is_numeric_dtype(v) and not pd.api.types.is_bool_dtype(v):
+            _numbers(v, str(c), 0, row_name)
 
 
 def _fit_transform(
@@ -582,14 +848,18 @@ def _fit_transform(
     source: str,
     digest: str,
     dropped: int = 0,
+    row_name: Callable[[Any], str] | None = None,
 ) -> Dataset:
-    """Fits the preprocessing (and ``target`` when None) on ``parts["train"]``; transforms all three."""
+    """Fits the preprocessing (and ``target`` when None) on ``parts["train"]``; transforms all three.
+
+    ``row_name`` words the rows named in errors from the parts' index labels (``features.RowName``).
+    """
     try:
         if target is None:
-            target = TargetSpec.fit(parts["train"], cfg.task, cfg.target_names)
-        pre = Preprocessor.fit(parts["train"], cfg)
-        xs = {k: pre.transform(f).x for k, f in parts.items()}
-        ys = {k: target.encode(f) for k, f in parts.items()}
+            target = TargetSpec.fit(parts["train"], cfg.task, cfg.target_names, row_name)
+        pre = Preprocessor.fit(parts["train"], cfg, row_name)
+        xs = {k: pre.transform(f, row_name=row_name).x for k, f in parts.items()}
+        ys = {k: target.encode(f, row_name) for k, f in parts.items()}
     except FeatureError as e:
         raise DataError(f"{source}: {e}") from None
     return Dataset(

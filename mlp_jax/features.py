@@ -90,7 +90,11 @@ MAX_TARGET_MAGNITUDE = 1e150
 
 
 class FeatureError(ValueError):
-    """A column or value cannot be used; the message names the column (and the row, 0-based)."""
+    """A column or value cannot be used; the message names the column (and the row).
+
+    ``row`` is the 0-based position in the frame given (plus ``row_offset``); the message
+    names the row that way too, or as ``row_name`` says where one was given (see :data:`RowName`).
+    """
 
     def __init__(self, message: str, column: str | None = None, row: int | None = None):
         super().__init__(message)
@@ -152,6 +156,22 @@ def embedding_width(cardinality: int, onehot_max: int, max_dim: int) -> int:
 
 # ----------------------------------------------------------------------------- value helpers
 
+#: How a message names a row, from the row's index label in the frame: in training, the label
+#: is the row's 0-based position in the file as read, and ``mlp_jax.data.row_namer`` words it
+#: as the user knows the file (``data row 5 (line 6)`` in a CSV). Without one, a message says
+#: ``row <position + row_offset>`` (0-based), as prediction names the rows of a request.
+RowName = Callable[[Any], str]
+
+
+def _row(values: pd.Series, i: int, row_offset: int = 0, row_name: RowName | None = None) -> str:
+    """How a message names position ``i`` of ``values``."""
+    return row_name(values.index[i]) if row_name is not None else f"row {i + row_offset}"
+
+
+def _shown(value: Any) -> str:
+    """A value in a message as the user wrote it: ``-inf``, ``3.5``, ``'lots'`` (not ``np.float64(-inf)``)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
 
 def _std(x: np.ndarray) -> float:
     """``x.std()``, or, where that overflows (values past ~1e154), the same computed on ``x / max|x|``."""
@@ -168,7 +188,7 @@ def _std(x: np.ndarray) -> float:
 NUMERIC_TEXT_SHARE = 0.9
 
 
-def _numeric_text(values: pd.Series, null: np.ndarray) -> str | None:
+def _numeric_text(values: pd.Series, null: np.ndarray, row_name: RowName | None = None) -> str | None:
     """Why a text column looks like numbers gone wrong, or None.
 
     Two cases: nearly every cell (:data:`NUMERIC_TEXT_SHARE`) is a number and the rest are
@@ -185,10 +205,9 @@ def _numeric_text(values: pd.Series, null: np.ndarray) -> str | None:
         return None
     cells = counts.to_numpy()
     if cells[parsed].sum() >= NUMERIC_TEXT_SHARE * cells.sum():
-        bad = present.isin(counts.index[~parsed]).to_numpy()
+        bad = ~null & values.isin(counts.index[~parsed]).to_numpy()
         first = np.flatnonzero(bad)[:3]
-        # the training frame's index labels are 0-based data rows of the file
-        shown = ", ".join(f"{str(present.iloc[i]).strip()!r} (data row {present.index[i]})" for i in first)
+        shown = ", ".join(f"{str(values.iloc[i]).strip()!r} in {_row(values, i, 0, row_name)}" for i in first)
         return (
             f"holds numbers except {int(bad.sum())} cell(s) of text: {shown}; if those mean 'missing', make "
             "the cells empty (empty cells are missing values), or list the column in data.categorical "
@@ -197,10 +216,10 @@ def _numeric_text(values: pd.Series, null: np.ndarray) -> str | None:
     grouped = text.str.fullmatch(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?").to_numpy()
     unseparated = pd.to_numeric(text.str.replace(",", "", regex=False), errors="coerce").notna().to_numpy()
     if grouped.any() and cells[unseparated].sum() >= NUMERIC_TEXT_SHARE * cells.sum():
-        i = int(np.flatnonzero(present.isin(counts.index[grouped]).to_numpy())[0])
+        i = _first(~null & values.isin(counts.index[grouped]).to_numpy())
         return (
-            f"holds numbers written with thousands separators (e.g. {str(present.iloc[i]).strip()!r}, data row "
-            f"{present.index[i]}): write them without separators (1234.5)"
+            f"holds numbers written with thousands separators (e.g. {str(values.iloc[i]).strip()!r} in "
+            f"{_row(values, i, 0, row_name)}): write them without separators (1234.5)"
         )
     return None
 
@@ -222,7 +241,7 @@ def _first(mask: np.ndarray) -> int:
     return int(np.flatnonzero(mask)[0])
 
 
-def _numbers(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
+def _numbers(values: pd.Series, name: str, row_offset: int = 0, row_name: RowName | None = None) -> np.ndarray:
     """float64 with NaN for missing; refuses text that is not a number and non-finite values."""
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         out = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -234,7 +253,8 @@ def _numbers(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
         if bad.any():
             i = _first(bad)
             raise FeatureError(
-                f"column {name!r}, row {i + row_offset}: expected a number, got {values.iloc[i]!r}",
+                f"column {name!r}, {_row(values, i, row_offset, row_name)}: expected a number, "
+                f"got {_shown(values.iloc[i])}",
                 name,
                 i + row_offset,
             )
@@ -242,12 +262,14 @@ def _numbers(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
     if inf.any():
         i = _first(inf)
         raise FeatureError(
-            f"column {name!r}, row {i + row_offset}: non-finite value {values.iloc[i]!r}", name, i + row_offset
+            f"column {name!r}, {_row(values, i, row_offset, row_name)}: non-finite value {_shown(values.iloc[i])}",
+            name,
+            i + row_offset,
         )
     return out
 
 
-def _booleans(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
+def _booleans(values: pd.Series, name: str, row_offset: int = 0, row_name: RowName | None = None) -> np.ndarray:
     """0.0 / 1.0 with NaN for missing; refuses anything that is not a boolean token."""
     if pd.api.types.is_bool_dtype(values):
         return values.to_numpy(dtype=np.float64)
@@ -262,8 +284,8 @@ def _booleans(values: pd.Series, name: str, row_offset: int = 0) -> np.ndarray:
     if bad.any():
         i = _first(bad)
         raise FeatureError(
-            f"column {name!r}, row {i + row_offset}: expected a boolean (true/false, yes/no, 1/0), "
-            f"got {values.iloc[i]!r}",
+            f"column {name!r}, {_row(values, i, row_offset, row_name)}: expected a boolean (true/false, yes/no, "
+            f"1/0), got {_shown(values.iloc[i])}",
             name,
             i + row_offset,
         )
@@ -305,6 +327,13 @@ def _null_tokens() -> Any:
     import pyarrow as pa
 
     return pa.array(NULL_TOKENS, type=pa.string())
+
+
+def _nested_value(values: pd.Series) -> Any:
+    """The first list, dict, set, tuple or array in an object column (pyarrow lists, structs, maps), or None."""
+    if values.dtype != object or not pd.api.types.infer_dtype(values, skipna=True).startswith(("mixed", "unknown")):
+        return None
+    return next((v for v in values if isinstance(v, (list, tuple, dict, set, np.ndarray))), None)
 
 
 def _is_text(values: pd.Series) -> bool:
@@ -373,15 +402,16 @@ class Preprocessor:
     # ------------------------------------------------------------------------- fit
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, cfg: DataConfig) -> Preprocessor:
+    def fit(cls, frame: pd.DataFrame, cfg: DataConfig, row_name: RowName | None = None) -> Preprocessor:
         """Infers roles and fits every statistic on ``frame`` (the training split).
 
-        Target columns (``cfg.target_names``) and ``cfg.drop`` are left out.
+        Target columns (``cfg.target_names``) and ``cfg.drop`` are left out. ``row_name``: how
+        errors name a row (:data:`RowName`).
 
         Raises:
           FeatureError: an unknown name in ``data.drop``/``data.categorical``, a column with
-            no values, an identifier-like text column, non-finite numbers, missing values under
-            ``data.missing=error``, or no feature columns at all.
+            no values, an identifier-like text column, non-finite numbers, nested values (lists,
+            dicts), missing values under ``data.missing=error``, or no feature columns at all.
         """
         names = [str(c) for c in frame.columns]
         for key, listed in (("data.drop", cfg.drop), ("data.categorical", cfg.categorical)):
@@ -400,6 +430,13 @@ class Preprocessor:
         missing_counts: dict[str, int] = {}
         for name in inputs:
             values = frame[name]
+            nested = _nested_value(values)
+            if nested is not None:
+                raise FeatureError(
+                    f"column {name!r} holds nested values (e.g. {type(nested).__name__} {str(nested)[:40]}), which "
+                    f"are not supported; leave it out with data.drop={name}",
+                    name,
+                )
             null = _null_mask(values)
             n_missing = int(null.sum())
             if n_missing == len(values):
@@ -411,10 +448,10 @@ class Preprocessor:
                 specs.append(cls._fit_categorical(name, values, kind, cfg))
             elif pd.api.types.is_bool_dtype(values) or _bool_like(values, null):
                 missing_counts[name] = n_missing
-                specs.append(cls._fit_boolean(name, values, n_missing, cfg))
+                specs.append(cls._fit_boolean(name, values, n_missing, row_name))
             elif _is_text(values):
                 n_unique = int(values[~null].nunique())
-                numeric_text = _numeric_text(values, null)
+                numeric_text = _numeric_text(values, null, row_name)
                 if n_unique > MIN_ID_UNIQUE and n_unique >= ID_UNIQUE_RATIO * (len(values) - n_missing):
                     if numeric_text:  # a number column spoiled by a few text cells, not an identifier
                         raise FeatureError(f"column {name!r} {numeric_text}", name)
@@ -428,7 +465,7 @@ class Preprocessor:
                 specs.append(cls._fit_categorical(name, values, "text", cfg))
             else:
                 missing_counts[name] = n_missing
-                spec = cls._fit_numeric(name, values, n_missing, cfg)
+                spec = cls._fit_numeric(name, values, n_missing, cfg, row_name)
                 if spec.scale == 0.0:
                     notes.append(f"{name}: constant in training ({spec.center:g}); its input is always 0")
                 specs.append(spec)
@@ -439,8 +476,10 @@ class Preprocessor:
         return cls(tuple(specs), cfg.scaling, cfg.clip, cfg.missing, tuple(notes))
 
     @staticmethod
-    def _fit_numeric(name: str, values: pd.Series, n_missing: int, cfg: DataConfig) -> NumericSpec:
-        x = _numbers(values, name)
+    def _fit_numeric(
+        name: str, values: pd.Series, n_missing: int, cfg: DataConfig, row_name: RowName | None = None
+    ) -> NumericSpec:
+        x = _numbers(values, name, 0, row_name)
         x = x[~np.isnan(x)]
         median = float(np.median(x))
         std = _std(x)
@@ -456,8 +495,8 @@ class Preprocessor:
         return NumericSpec(name, center, scale, median, n_missing > 0)
 
     @staticmethod
-    def _fit_boolean(name: str, values: pd.Series, n_missing: int, cfg: DataConfig) -> BooleanSpec:
-        b = _booleans(values, name)
+    def _fit_boolean(name: str, values: pd.Series, n_missing: int, row_name: RowName | None = None) -> BooleanSpec:
+        b = _booleans(values, name, 0, row_name)
         b = b[~np.isnan(b)]
         fill = 1.0 if b.mean() > 0.5 else 0.0
         dtype = "boolean" if pd.api.types.is_bool_dtype(values) or _python_bools(values.dropna()) else "string"
@@ -567,10 +606,16 @@ class Preprocessor:
 
     # ------------------------------------------------------------------------- transform
 
-    def transform(self, frame: pd.DataFrame | Mapping[str, Sequence[Any]], row_offset: int = 0) -> Transformed:
+    def transform(
+        self,
+        frame: pd.DataFrame | Mapping[str, Sequence[Any]],
+        row_offset: int = 0,
+        row_name: RowName | None = None,
+    ) -> Transformed:
         """Raw rows -> ``Transformed``. Extra columns are ignored.
 
-        ``row_offset`` is added to the row numbers in error messages (for chunked reading).
+        ``row_offset`` is added to the row numbers in error messages (for chunked reading);
+        ``row_name``, when given, words them instead, from each row's index label (:data:`RowName`).
 
         Raises:
           FeatureError: a missing column (named), a value that is not a number in a numeric
@@ -587,10 +632,10 @@ class Preprocessor:
         j = 0
         nums = []
         for s in self._numeric:
-            v = _numbers(frame[s.name], s.name, row_offset)
+            v = _numbers(frame[s.name], s.name, row_offset, row_name)
             nums.append(v)
             miss = np.isnan(v)
-            self._check_missing(s.name, miss, row_offset)
+            self._check_missing(s.name, miss, row_offset, row_name, frame[s.name])
             v = np.where(miss, s.fill, v)
             z = (v - s.center) / s.scale if s.scale > 0 else np.zeros_like(v)
             if self.clip > 0:
@@ -602,9 +647,9 @@ class Preprocessor:
                 x[:, j] = np.isnan(v)
                 j += 1
         for s in self._boolean:
-            b = _booleans(frame[s.name], s.name, row_offset)
+            b = _booleans(frame[s.name], s.name, row_offset, row_name)
             miss = np.isnan(b)
-            self._check_missing(s.name, miss, row_offset)
+            self._check_missing(s.name, miss, row_offset, row_name, frame[s.name])
             x[:, j] = np.where(miss, s.fill, b)
             j += 1
             if s.indicator:
@@ -698,12 +743,19 @@ class Preprocessor:
 
         return encode
 
-    def _check_missing(self, name: str, miss: np.ndarray, row_offset: int) -> None:
+    def _check_missing(
+        self,
+        name: str,
+        miss: np.ndarray,
+        row_offset: int,
+        row_name: RowName | None = None,
+        values: pd.Series | None = None,
+    ) -> None:
+        """Refuses a gap under ``missing=error``; ``values`` (the column) gives ``row_name`` its index labels."""
         if self.missing == "error" and miss.any():
             i = _first(miss)
-            raise FeatureError(
-                f"column {name!r}, row {i + row_offset}: missing value (data.missing=error)", name, i + row_offset
-            )
+            where = _row(values, i, row_offset, row_name) if values is not None else f"row {i + row_offset}"
+            raise FeatureError(f"column {name!r}, {where}: missing value (data.missing=error)", name, i + row_offset)
 
     # ------------------------------------------------------------------------- JSON
 
@@ -800,7 +852,7 @@ class TargetSpec:
     scale: tuple[float, ...] = ()
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, task: str, names: Iterable[str]) -> TargetSpec:
+    def fit(cls, frame: pd.DataFrame, task: str, names: Iterable[str], row_name: RowName | None = None) -> TargetSpec:
         """Classes from every row given (so none is missing from a split); statistics from ``frame``.
 
         Raises FeatureError for a non-integer float classification target, fewer than two classes,
@@ -817,7 +869,7 @@ class TargetSpec:
                     f"target column {name!r} has {len(classes)} class(es); a classifier needs at least 2", name
                 )
             return cls(task, names, classes=classes)
-        y = cls._numeric_targets(frame, names)
+        y = cls._numeric_targets(frame, names, row_name)
         for j, name in enumerate(names):
             peak = float(np.abs(y[:, j]).max()) if len(y) else 0.0
             if peak > MAX_TARGET_MAGNITUDE:
@@ -837,7 +889,7 @@ class TargetSpec:
         return cls(task, names, mean=tuple(map(float, mean)), scale=tuple(map(float, std)))
 
     @staticmethod
-    def _numeric_targets(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    def _numeric_targets(frame: pd.DataFrame, names: tuple[str, ...], row_name: RowName | None = None) -> np.ndarray:
         cols = []
         for name in names:
             v = frame[name]
@@ -849,11 +901,17 @@ class TargetSpec:
                 )
             x = v.to_numpy(dtype=np.float64)
             if not np.isfinite(x).all():
-                raise FeatureError(f"regression target column {name!r} has non-finite values", name)
+                i = _first(~np.isfinite(x))
+                raise FeatureError(
+                    f"regression target column {name!r} has non-finite values (first: {_shown(v.iloc[i])}, "
+                    f"{_row(v, i, 0, row_name)})",
+                    name,
+                    i,
+                )
             cols.append(x)
         return np.stack(cols, axis=1)
 
-    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+    def encode(self, frame: pd.DataFrame, row_name: RowName | None = None) -> np.ndarray:
         """int32 class indices ``[rows]``, or float32 scaled targets ``[rows, n_targets]``."""
         if self.task == "classification":
             (name,) = self.names
@@ -862,7 +920,7 @@ class TargetSpec:
             if (idx < 0).any():
                 raise FeatureError(f"target column {name!r}: label {labels[idx < 0][0]!r} is not a known class", name)
             return idx.astype(np.int32)
-        y = self._numeric_targets(frame, self.names)
+        y = self._numeric_targets(frame, self.names, row_name)
         return ((y - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
 
     def decode(self, y_scaled: np.ndarray) -> np.ndarray:
@@ -890,6 +948,7 @@ __all__ = [
     "FeatureError",
     "NumericSpec",
     "Preprocessor",
+    "RowName",
     "TargetSpec",
     "Transformed",
     "embedding_width",

@@ -157,15 +157,23 @@ def _null_tokens(tokens: tuple[str, ...]) -> pa.Array:
     return _NULLS[tokens]
 
 
-def _blocks(src: Path, parquet: bool, block_bytes: int) -> Iterator[tuple[Any, pa.RecordBatch | None]]:
-    """``(pandas frame, arrow batch or None)`` per block."""
-    if parquet:
+def _blocks(src: Path, parquet: pa.Schema | None, block_bytes: int) -> Iterator[tuple[Any, pa.RecordBatch | None]]:
+    """``(pandas frame, arrow batch or None)`` per block; ``parquet``: the Parquet input's schema, else None.
+
+    A Parquet batch is read as ``parquet`` (a folder's files as their common schema,
+    :func:`mlp_jax.data.parquet_schema`); the frame for the model holds decimals as float64,
+    as training read them (the batch, passed through, keeps them).
+    """
+    if parquet is not None:
         import pyarrow.parquet as pq
 
         files = [src] if src.is_file() else data._parquet_files(src)
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                yield batch.to_pandas(), batch
+                if src.is_dir():
+                    arrays = [batch.column(c.name).cast(c.type) for c in parquet]
+                    batch = pa.RecordBatch.from_arrays(arrays, schema=parquet)
+                yield data.decimals_as_floats(batch).to_pandas(), batch
         return
     # every column as raw text: the preprocessor treats the null tokens as missing in feature
     # columns, and passed-through (or kept) columns stay byte for byte
@@ -209,10 +217,12 @@ def predict_csv(
         raise BatchError(f"the output {dst} names Parquet, but batch prediction writes CSV; give a .csv path")
     header = read_header(src) if parquet else data._column_names(read_header(src))  # as the reader names them
     passed, out_columns = plan_columns(header, predictor, keep_features)
+    in_schema = None
     if parquet:
-        import pyarrow.parquet as pq
-
-        in_schema = pq.read_schema(src if src.is_file() else data._parquet_files(src)[0])
+        try:
+            in_schema = data.parquet_schema(src)
+        except data.DataError as e:
+            raise BatchError(str(e)) from None
         passed_fields = [in_schema.field(c) for c in passed]
     else:
         passed_fields = [pa.field(c, pa.string()) for c in passed]
@@ -244,7 +254,7 @@ def predict_csv(
             ) as bar,
         ):
             try:
-                for frame, batch in _blocks(src, parquet, block_bytes):
+                for frame, batch in _blocks(src, in_schema, block_bytes):
                     if len(frame) == 0:
                         continue
                     try:
@@ -262,7 +272,7 @@ def predict_csv(
                     bar.update(len(frame))
             except data.DataError as e:  # a ragged row, bad UTF-8
                 raise BatchError(str(e)) from None
-            except (pa.ArrowInvalid, OSError) as e:
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
                 raise BatchError(f"cannot read {src}: {e}") from None
         if rows == 0:
             raise BatchError(f"{src} has a header but 0 data rows")

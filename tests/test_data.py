@@ -268,7 +268,9 @@ def test_an_unclosed_quote_is_refused_not_swallowing_the_rows_after_it(tmp_path)
     path.write_text(text)
     for read in (lambda s: D.read_table(s), lambda s: D.read_csv_for_prediction(s, ["a", "color"])):
         for source in (path, text.encode()):
-            with pytest.raises(D.DataError, match=r"quote opened in data row 0, column 'color' is never closed"):
+            with pytest.raises(
+                D.DataError, match=r"quote opened in data row 1 \(line 2\), column 'color' is never closed"
+            ):
                 read(source)
     # a multi-line value that is closed stays one value, at the end of the file or not
     ok = 'a,note\n1,"two\nlines"\n2,"three\nmore"\n'
@@ -299,3 +301,153 @@ def test_compressed_or_utf16_files_are_named(tmp_path):
 def test_a_semicolon_csv_body_says_so():
     with pytest.raises(D.DataError, match=r"lacks feature column\(s\): 'a'.*looks semicolons-separated"):
         D.read_csv_for_prediction(b"a;b\n1;2\n", ["a"])
+
+
+# ----------------------------------------------------------------------------- Parquet types and folders
+
+
+def _parts(folder: Path, *frames: pd.DataFrame) -> Path:
+    """Writes ``frames`` as a.parquet, b.parquet, ... in ``folder``."""
+    folder.mkdir()
+    for name, f in zip("abcdef", frames, strict=False):
+        f.to_parquet(folder / f"{name}.parquet")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change_a", "change_b", "message"),
+    [
+        (lambda f: f, lambda f: f.assign(cat="u"), r"b.parquet has column\(s\) 'cat' that a.parquet lacks"),
+        (lambda f: f.assign(cat="u"), lambda f: f, r"b.parquet lacks column\(s\) 'cat' that a.parquet has"),
+        (lambda f: f, lambda f: f.assign(extra=1.0), r"b.parquet has column\(s\) 'extra' that a.parquet lacks"),
+        (lambda f: f, lambda f: f.assign(b=f["b"].astype(str)), r"column 'b' is string in b.parquet but double in a"),
+        (lambda f: f, lambda f: f.assign(b=[[1, 2]] * len(f)), r"column 'b' is list<element: int64> in b.parquet but"),
+        (lambda f: f.assign(b=f["b"] > 0), lambda f: f, r"column 'b' is double in b.parquet but bool in a.parquet"),
+    ],
+    ids=["extra-column-later", "column-missing-later", "another-extra-column", "text", "list", "bool-vs-number"],
+)
+def test_a_parquet_folder_whose_files_disagree_is_refused_naming_the_file(tmp_path, change_a, change_b, message):
+    frame = _frame(120)
+    folder = _parts(tmp_path / "parts", change_a(frame.iloc[:60]), change_b(frame.iloc[60:]))
+    for read in (
+        lambda: D.prepare(C.DataConfig(path=str(folder), target="label"), 0, verbose=False),
+        lambda: D.read_header(folder),
+    ):
+        with pytest.raises(D.DataError, match=message) as info:
+            read()
+        assert str(folder) in str(info.value) and "the files of a Parquet folder must have the same columns" in str(
+            info.value
+        )
+
+
+def test_a_parquet_folder_reads_harmless_differences_as_one_type(tmp_path):
+    frame = _frame(90).assign(n=np.arange(90), colour=["red", "blue", "green"] * 30)
+    a = frame.iloc[:30].assign(colour=None)  # all missing in this file: pyarrow's null type
+    b = frame.iloc[30:60].assign(n=lambda f: f["n"].astype(float) + 0.5)[frame.columns[::-1]]  # other order
+    c = frame.iloc[60:].assign(colour=lambda f: f["colour"].astype("category"), n=lambda f: f["n"].astype("int32"))
+    c.index = c.index[::-1]  # not a range: written as an index column, which is not data
+    folder = _parts(tmp_path / "parts", a, b, c)
+    got = D.read_table(folder)
+    assert list(got.columns) == list(frame.columns)
+    assert got["n"].dtype == np.float64 and got["n"].tolist() == [
+        *range(30),
+        *(np.arange(30, 60) + 0.5),
+        *range(60, 90),
+    ]
+    assert got["colour"].iloc[:30].isna().all() and got["colour"].iloc[30:].tolist() == frame["colour"][30:].tolist()
+    np.testing.assert_array_equal(got["a"], frame["a"])
+    ds = D.prepare(C.DataConfig(path=str(folder), target="label"), 0, verbose=False)
+    assert ds.feature_names == ("a", "b", "c", "n", "colour")
+    # a partitioned dataset's keys live in folder names, not in the files: refused rather than lost
+    keyed = tmp_path / "keyed" / "year=2020"
+    keyed.mkdir(parents=True)
+    frame.to_parquet(keyed / "part-0.parquet")
+    with pytest.raises(D.DataError, match=r"year=2020/part-0.parquet lies in a key=value sub-folder"):
+        D.read_table(tmp_path / "keyed")
+
+
+def test_nested_parquet_columns_are_refused_by_name_unless_dropped(tmp_path):
+    n = 60
+    for name, values in (
+        ("lst", [[i % 3] for i in range(n)]),
+        ("st", [{"k": i % 3} for i in range(n)]),
+        ("raw", [bytes([i % 3]) for i in range(n)]),
+    ):
+        path = tmp_path / f"{name}.parquet"
+        _frame(n).assign(**{name: values}).to_parquet(path)
+        with pytest.raises(D.DataError, match=rf"{path}: column '{name}' holds .* not supported.*data.drop={name}"):
+            D.prepare(C.DataConfig(path=str(path), target="label"), 0, verbose=False)
+        ds = D.prepare(C.DataConfig(path=str(path), target="label", drop=(name,)), 0, verbose=False)
+        assert ds.feature_names == ("a", "b", "c")
+    with pytest.raises(D.DataError, match=r"column 'lst' holds nested values of type list<element: int64>"):
+        D.read_table(tmp_path / "lst.parquet")
+
+
+def test_parquet_decimals_are_read_as_numbers(tmp_path):
+    from decimal import Decimal
+
+    frame = _frame(200)
+    rounded = frame["c"].round(2)
+    as_decimal = frame.assign(c=[Decimal(f"{v:.2f}") for v in frame["c"]])
+    as_decimal.to_parquet(tmp_path / "d.parquet")
+    _parts(tmp_path / "parts", as_decimal.iloc[:100], as_decimal.iloc[100:].assign(c=lambda f: f["c"].map(Decimal)))
+    frame.assign(c=rounded).to_csv(tmp_path / "f.csv", index=False)
+    want = D.prepare(C.DataConfig(path=str(tmp_path / "f.csv"), target="label"), 0, verbose=False)
+    for path in (tmp_path / "d.parquet", tmp_path / "parts"):
+        assert D.read_table(path)["c"].dtype == np.float64
+        ds = D.prepare(C.DataConfig(path=str(path), target="label"), 0, verbose=False)
+        assert [r["role"] for r in ds.preprocessor.roles] == ["numeric"] * 3
+        assert ds.preprocessor == want.preprocessor
+        np.testing.assert_array_equal(ds.x_train, want.x_train)
+    # a pandas frame holding decimal.Decimal objects (pd.read_parquet's view) encodes the same at prediction
+    np.testing.assert_array_equal(
+        want.preprocessor.transform(as_decimal).x, want.preprocessor.transform(frame.assign(c=rounded)).x
+    )
+
+
+# ----------------------------------------------------------------------------- text encoding, row numbers
+
+
+def test_a_csv_that_is_not_utf8_is_named_at_read_time(tmp_path):
+    text = _frame(60).assign(city=["café", "bar"] * 30).to_csv(index=False)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(text.encode("latin-1"))
+    message = r"latin1.csv is not UTF-8 text \(line 2 holds byte 0xe9, .*Latin-1.*\); save it as UTF-8"
+    with pytest.raises(D.DataError, match=message):
+        D.prepare(C.DataConfig(path=str(path), target="label"), 0, verbose=False)
+    with pytest.raises(D.DataError, match=r"the CSV body is not UTF-8 text \(line 2 .*save it as UTF-8"):
+        D.read_csv_for_prediction(path.read_bytes(), ["a"])
+    # a bad byte past the first MiB (where the header is looked for) is named by the reader the same way
+    big = tmp_path / "late.csv"
+    rows = _frame(60).assign(city="bar").to_csv(index=False)
+    filler = "".join(rows.splitlines(keepends=True)[1:]) * ((2 << 20) // len(rows))
+    big.write_bytes((rows + filler).encode() + "1.0,2.0,3.0,yes,café\n".encode("latin-1"))
+    late = len(rows.splitlines()) - 1 + len(filler.splitlines()) + 1
+    for read, detail in (
+        (lambda: D.read_table(big), rf"column 'city', data row {late} \(line {late + 1}\) holds b'caf\\xe9'"),
+        (lambda: D.read_csv_for_prediction(big, ["a"]), r"pyarrow: .*invalid UTF8"),
+    ):
+        with pytest.raises(D.DataError, match=rf"late.csv is not UTF-8 text \({detail}.*\); save it as UTF-8"):
+            read()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_errors_name_the_row_of_the_file_not_of_the_shuffled_split(tmp_path, seed):
+    frame = _frame(100)
+    frame.loc[[3, 8], "b"] = -np.inf  # data rows 4 and 9
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.to_parquet(tmp_path / "t.parquet")
+    _parts(tmp_path / "parts", frame.iloc[:2], frame.iloc[2:])
+    for name, row in (
+        ("t.csv", "data row 4 \\(line 5\\)"),
+        ("t.parquet", "row 4"),
+        ("parts", "row 2 of b.parquet"),
+    ):
+        with pytest.raises(D.DataError, match=rf"{name}: column 'b', {row}: non-finite value -inf$"):
+            D.prepare(C.DataConfig(path=str(tmp_path / name), target="label"), seed, verbose=False)
+    # a regression target: its first non-finite value, by row
+    reg = _frame(100).drop(columns="label").assign(y=np.arange(100.0))
+    reg.loc[[6, 7], "y"] = [np.inf, -np.inf]
+    reg.to_csv(tmp_path / "r.csv", index=False)
+    with pytest.raises(D.DataError, match=r"'y' has non-finite values \(first: inf, data row 7 \(line 8\)\)"):
+        D.prepare(C.DataConfig(path=str(tmp_path / "r.csv"), target="y", task="regression"), seed, verbose=False)

@@ -152,7 +152,7 @@ def test_missing_error_policy_names_columns_and_counts():
 def test_infinite_value_refused_naming_the_column():
     frame = every_kind().assign(count=lambda f: f["count"].astype(float))
     frame.loc[5, "count"] = np.inf
-    with pytest.raises(FeatureError, match=r"column 'count', row 5: non-finite"):
+    with pytest.raises(FeatureError, match=r"column 'count', row 5: non-finite value inf$"):  # inf, not np.float64(inf)
         Preprocessor.fit(frame, cfg(drop=("id",)))
 
 
@@ -306,7 +306,9 @@ def test_numbers_spoiled_by_placeholders_or_separators_are_named_not_called_iden
     frame = pd.DataFrame({"x1": x, "y": rng.integers(0, 2, n)})
     path = tmp_path / "t.csv"
     frame.to_csv(path, index=False)
-    with pytest.raises(D.DataError, match=r"'x1' holds numbers except \d cell\(s\) of text: '\?' \(data row 17\)") as e:
+    with pytest.raises(
+        D.DataError, match=r"'x1' holds numbers except \d cell\(s\) of text: '\?' in data row 18 \(line 19\)"
+    ) as e:
         D.prepare(C.DataConfig(path=str(path), target="y"), 0, verbose=False)
     assert "identifier" not in str(e.value) and "make the cells empty" in str(e.value)
     grouped = frame.assign(x1=[f"{v:,.2f}" for v in rng.uniform(1_000, 1e6, n)])
@@ -345,3 +347,35 @@ def test_names_with_surrounding_spaces_are_quoted_in_the_column_list():
     frame = pd.DataFrame({" x 2 ": [1.0, 2.0, 3.0], "x1": [1.0, 2.0, 4.0], "label": [0, 1, 0]})
     with pytest.raises(FeatureError, match=r"columns are: ' x 2 ', x1, label"):
         Preprocessor.fit(frame, cfg(drop=("x 2",)))
+
+
+def test_row_name_words_the_rows_errors_name_from_their_index_labels():
+    frame = every_kind()
+    pre = Preprocessor.fit(frame, cfg(drop=("id",)))
+    rows = frame.iloc[[30, 10, 20]]  # shuffled, as a split leaves them: labels are rows of the file
+    named = {"row_name": lambda label: f"data row {label + 1}"}
+    with pytest.raises(FeatureError, match=r"column 'flag', data row 11: expected a boolean .*, got 'maybe'") as e:
+        pre.transform(rows.assign(flag=["yes", "maybe", "no"]), **named)
+    assert (e.value.column, e.value.row) == ("flag", 1)  # .row stays the position in the frame given
+    with pytest.raises(FeatureError, match=r"column 'num', data row 21: non-finite value -inf$"):
+        pre.transform(rows.assign(num=[1.0, 2.0, -np.inf]), **named)
+    with pytest.raises(FeatureError, match=r"column 'num', row 2: non-finite value -inf$"):  # without: positions
+        pre.transform(rows.assign(num=[1.0, 2.0, -np.inf]))
+    strict = Preprocessor.fit(frame.assign(num=frame["num"].fillna(0.0)), cfg(drop=("id",), missing="error"))
+    with pytest.raises(FeatureError, match=r"column 'num', data row 31: missing value \(data.missing=error\)"):
+        strict.transform(rows.assign(num=[None, 1.0, 2.0]), **named)
+    spoiled = frame.assign(num=(np.arange(len(frame)) * 1.5).astype(str))
+    spoiled.loc[[7, 99], "num"] = "?"
+    with pytest.raises(FeatureError, match=r"text: '\?' in data row 100, '\?' in data row 8; if those mean"):
+        Preprocessor.fit(spoiled.iloc[::-1], cfg(drop=("id",)), **named)
+    with pytest.raises(FeatureError, match=r"text: '\?' in row 300, '\?' in row 392; if those mean"):
+        Preprocessor.fit(spoiled.iloc[::-1], cfg(drop=("id",)))
+
+
+def test_nested_values_are_refused_by_column_not_with_a_traceback():
+    frame = every_kind()
+    for values in ([[i % 3] for i in range(len(frame))], [np.array([i % 3]) for i in range(len(frame))]):
+        with pytest.raises(FeatureError, match=r"column 'lst' holds nested values .*data.drop=lst"):
+            Preprocessor.fit(frame.assign(lst=values), cfg(drop=("id",)))
+    pre = Preprocessor.fit(frame.assign(lst=[{"k": 1}] * len(frame)), cfg(drop=("id", "lst")))
+    assert "lst" not in pre.input_columns

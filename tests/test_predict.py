@@ -244,6 +244,39 @@ def test_parquet_input_gives_the_same_predictions(tmp_path, penguins):
     np.testing.assert_allclose(got[penguins.probability_columns()].to_numpy(), want.iloc[:, 1:].to_numpy(), rtol=1e-6)
 
 
+def test_parquet_decimals_and_folders_read_as_in_training(tmp_path, tmp_path_factory):
+    from decimal import Decimal
+
+    from tests.helpers import trained_once
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "n": rng.integers(0, 10, 300)})
+    frame["dec"] = [Decimal(f"{v:.2f}") for v in rng.normal(size=300)]
+    frame["target"] = (frame["a"] + frame["dec"].astype(float) > 0).astype(int)
+    table = tmp_path_factory.getbasetemp() / "decimals.parquet"
+    if not table.exists():
+        frame.to_parquet(table)
+    model = Predictor.load(trained_once(tmp_path_factory, "decimals", table), buckets=(32, 256))
+    assert [r["role"] for r in model.roles] == ["numeric"] * 3  # the decimals are numbers, not a category
+    want = model.predict_frame(frame.assign(dec=frame["dec"].astype(float)))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    frame.iloc[:100].to_parquet(parts / "a.parquet")
+    frame.iloc[100:].assign(n=lambda f: f["n"] + 0.5).to_parquet(parts / "b.parquet")  # int64 here, double there
+    want_parts = model.predict_frame(
+        frame.assign(dec=frame["dec"].astype(float), n=frame["n"] + (frame.index >= 100) / 2)
+    )
+    for src, expected in ((table, want), (parts, want_parts)):
+        predict.predict_csv(model, src, tmp_path / "out.csv", keep_features=True, progress=False)
+        got = pd.read_csv(tmp_path / "out.csv")
+        assert got["dec"].tolist() == frame["dec"].astype(float).tolist()  # passed through as written
+        np.testing.assert_allclose(got[model.probability_columns()], expected[model.probability_columns()], rtol=1e-6)
+    frame.iloc[100:].assign(n=lambda f: f["n"].astype(str)).to_parquet(parts / "b.parquet")
+    with pytest.raises(predict.BatchError, match=r"column 'n' is string in b.parquet but int64 in a.parquet"):
+        predict.predict_csv(model, parts, tmp_path / "out2.csv", progress=False)
+    assert not (tmp_path / "out2.csv").exists()
+
+
 def test_an_output_that_cannot_be_written_is_a_named_error_and_leaves_nothing(tmp_path, predictor, frame):
     src = tmp_path / "in.csv"
     frame.to_csv(src, index=False)
