@@ -584,6 +584,8 @@ INVOCATIONS_SUMMARY = "MLflow scoring protocol (dataframe_split, dataframe_recor
 @post("/invocations", status_code=200, dto=InvocationsBody, return_dto=None, summary=INVOCATIONS_SUMMARY)
 async def invocations(request: Request[Any, Any, Any], data: InvocationsRequest | None = None) -> InvocationsResponse:
     if data is None:
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "text/csv":
+            raise ClientException("empty CSV body: expected a header line and at least one data row")
         raise ClientException(f"empty request body: {MLFLOW_2_HINT}")
     service = _service(request)
     try:
