@@ -13,7 +13,12 @@ The output holds the passed-through columns, then :meth:`Predictor.output_column
 per class (an ensemble adds one ``std_<class>`` column per class: the members' spread), or
 the regression prediction(s) in the targets' units (``prediction`` or ``prediction_<target>``). It is written to a temporary file beside the output and renamed
 at the end, so a failure (a bad value in row 2,990,000, say) never leaves a half-written
-file (an existing output stays as it was). Scoring goes through the same
+file (an existing output stays as it was). ``--output -`` writes to standard output, and an
+existing output that is not a regular file (a FIFO, ``/dev/null``, ``/dev/stdout``, a
+``/dev/fd/N`` pipe from ``>(gzip > x)``) is written to as a stream, never replaced: the whole
+result goes to a temporary file in the system temp folder first and is copied to the stream
+only once every row was scored, so a failure writes nothing to it (a FIFO's waiting reader
+gets end-of-file). Scoring goes through the same
 :class:`~mlp_jax.predictor.Predictor` as the service and the MLflow pyfunc, so the numbers
 are the same. A Parquet file (``.parquet``/``.pq``) is read in row groups the same way
 (pass-through columns keep their Parquet types).
@@ -25,6 +30,8 @@ import argparse
 import contextlib
 import os
 import re
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -51,11 +58,15 @@ class BatchError(ValueError):
     """The input cannot be scored; the message names the file, column or row at fault."""
 
 
+#: The ``output_path`` that means standard output.
+STDOUT = "-"
+
+
 @dataclass(frozen=True)
 class BatchResult:
     rows: int
     seconds: float
-    output: Path
+    output: Path  #: ``Path("-")`` for standard output
     columns: list[str]
 
     @property
@@ -181,6 +192,61 @@ def _blocks(src: Path, parquet: pa.Schema | None, block_bytes: int) -> Iterator[
         yield frame, None
 
 
+_FD_FOLDER = re.compile(r"/proc/(self|\d+)/fd")
+
+
+def is_stream(output_path: str | os.PathLike) -> bool:
+    """Whether ``output_path`` is written to as a stream rather than replaced by a new file:
+    ``-`` (standard output), an existing file that is not a regular file or a folder (a FIFO,
+    a character device such as ``/dev/null``), and a descriptor alias (``/dev/stdout``,
+    ``/dev/fd/N``, ``/proc/self/fd/N``) whatever it points at (a replace would swap the alias itself)."""
+    if os.fspath(output_path) == STDOUT:
+        return True
+    try:
+        mode = os.stat(output_path).st_mode
+    except OSError:  # absent (or unreadable: the write reports it)
+        return False
+    if stat.S_ISDIR(mode):
+        return False
+    if not stat.S_ISREG(mode):
+        return True
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(output_path)))
+    return folder == "/dev" or _FD_FOLDER.fullmatch(folder) is not None
+
+
+def writes_to_stdout(output_path: str | os.PathLike) -> bool:
+    """Whether ``output_path`` is ``-`` or the very file standard output is (``/dev/stdout``, say)."""
+    if os.fspath(output_path) == STDOUT:
+        return True
+    try:
+        return os.path.samestat(os.stat(output_path), os.fstat(1))
+    except (OSError, ValueError):
+        return False
+
+
+def _copy_to_stream(tmp: Path, dst: Path | None) -> None:
+    """Copies the finished output ``tmp`` to ``dst`` (an existing stream, opened for appending:
+    ``/dev/stdout`` redirected to a file is not truncated) or to standard output (``dst`` None)."""
+    with tmp.open("rb") as f, contextlib.ExitStack() as stack:
+        if dst is None:
+            sys.stdout.flush()  # anything printed before goes first
+            try:
+                out = stack.enter_context(open(sys.stdout.fileno(), "wb", closefd=False))
+            except (AttributeError, OSError, ValueError):  # a replaced sys.stdout without a descriptor
+                out = sys.stdout.buffer
+        else:
+            out = stack.enter_context(dst.open("ab"))
+        shutil.copyfileobj(f, out)
+        out.flush()
+
+
+def _release_reader(dst: Path) -> None:
+    """A reader blocked opening the FIFO ``dst`` gets end-of-file (0 bytes) instead of waiting forever."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.stat(dst).st_mode):
+            os.close(os.open(dst, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO when no reader waits
+
+
 def predict_csv(
     predictor: Predictor,
     input_path: str | os.PathLike,
@@ -193,28 +259,34 @@ def predict_csv(
     """Scores every row of ``input_path`` into ``output_path`` (atomically); see the module docstring.
 
     Args:
+      output_path: a CSV file (replaced atomically); ``"-"`` for standard output; an existing
+        FIFO or device (:func:`is_stream`) is written to as a stream once every row is scored.
       keep_features: also copy the feature columns (as written) to the output.
       block_bytes: CSV bytes per block (bounds memory).
       progress: show a progress bar (None: only on a terminal).
 
     Raises:
       BatchError: missing/empty input, duplicate header names, missing feature column, a bad
-        value (its 1-based data row and column named), output that would overwrite the input.
+        value (its 1-based data row and column named), output that would overwrite the input,
+        an output that cannot be written (a folder, a ``.parquet`` name, a closed pipe).
     """
     from tqdm import tqdm
 
     src, dst = Path(input_path), Path(output_path)
+    to_stdout = os.fspath(output_path) == STDOUT
+    stream = is_stream(output_path)
     if not src.exists():
         raise BatchError(f"input file not found: {src.resolve()}")
     parquet = data.is_parquet(src)
     if not parquet and not src.is_file():
         raise BatchError(f"not a file: {src}")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise BatchError(f"the output {dst} would overwrite the input; choose another path")
-    if dst.is_dir():
-        raise BatchError(f"the output {dst} is a directory; give a file path")
-    if dst.suffix.lower() in (".parquet", ".pq"):
-        raise BatchError(f"the output {dst} names Parquet, but batch prediction writes CSV; give a .csv path")
+    if not to_stdout:
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise BatchError(f"the output {dst} would overwrite the input; choose another path")
+        if dst.is_dir():
+            raise BatchError(f"the output {dst} is a directory; give a file path")
+        if dst.suffix.lower() in (".parquet", ".pq"):
+            raise BatchError(f"the output {dst} names Parquet, but batch prediction writes CSV; give a .csv path")
     header = read_header(src) if parquet else data._column_names(read_header(src))  # as the reader names them
     passed, out_columns = plan_columns(header, predictor, keep_features)
     in_schema = None
@@ -229,19 +301,24 @@ def predict_csv(
     schema = pa.schema(passed_fields + output_fields(predictor))
     numeric = list(predictor.numeric_columns)
 
-    created = [p for p in dst.parents if not p.exists()]  # deepest first
+    shown = "- (standard output)" if to_stdout else str(dst)
+    created = [] if stream else [p for p in dst.parents if not p.exists()]  # deepest first
     try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        if stream:  # the whole result first goes to the system temp folder (never beside a device)
+            fd, tmp_name = tempfile.mkstemp(prefix=".mlp-jax-predict.", suffix=".csv.tmp")
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     except OSError as e:
         for folder in created:  # leave no folder behind that this call made
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise BatchError(f"cannot write the output {dst}: {e.strerror or e}") from None
+        raise BatchError(f"cannot write the output {shown}: {e.strerror or e}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     start = time.perf_counter()
     rows = 0
+    opened = False  # the stream was opened: a failure from here on may have written to it
     try:
         with (
             pacsv.CSVWriter(str(tmp), schema) as writer,
@@ -276,13 +353,23 @@ def predict_csv(
                 raise BatchError(f"cannot read {src}: {e}") from None
         if rows == 0:
             raise BatchError(f"{src} has a header but 0 data rows")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
-        os.replace(tmp, dst)
+        if stream:
+            opened = True
+            try:
+                _copy_to_stream(tmp, None if to_stdout else dst)
+            except OSError as e:  # a reader that went away (EPIPE), a full disk behind /dev/stdout
+                raise BatchError(f"cannot write the output {shown}: {e.strerror or e}") from None
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
+            os.replace(tmp, dst)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if stream and not opened and not to_stdout:
+            _release_reader(dst)
         raise
+    finally:
+        tmp.unlink(missing_ok=True)  # gone already after a replace
     return BatchResult(rows, time.perf_counter() - start, dst, out_columns)
 
 
@@ -294,7 +381,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--input", required=True, help="CSV with a header (or a .parquet file) holding the model's feature columns"
     )
-    p.add_argument("--output", required=True, help="CSV to write (replaced atomically)")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="CSV to write (replaced atomically); - for standard output; an existing FIFO or device "
+        "(/dev/stdout, /dev/fd/N) is written to as a stream once every row is scored",
+    )
     p.add_argument("--keep-features", action="store_true", help="also copy the feature columns to the output")
     p.add_argument("--block-mb", type=float, default=DEFAULT_BLOCK_BYTES / (1 << 20), help="CSV block size in MiB")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -305,7 +397,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 for a bad model or input, 2 for bad arguments)."""
+    """Entry point; returns the exit code (1 for a bad model or input, 2 for bad arguments).
+
+    The summary line goes to standard output, or to standard error when the CSV does.
+    """
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlp_jax import compilation_cache
@@ -334,8 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     produced = predictor.output_columns()
     print(
         f"wrote {result.rows:,} rows ({', '.join(produced)} and "
-        f"{len(result.columns) - len(produced)} passed-through column(s)) to {result.output} "
-        f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)"
+        f"{len(result.columns) - len(produced)} passed-through column(s)) to "
+        f"{'standard output' if args.output == STDOUT else result.output} "
+        f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)",
+        file=sys.stderr if writes_to_stdout(args.output) else sys.stdout,  # never into the data
     )
     return 0
 

@@ -1,10 +1,18 @@
 """The batch command: streamed blocks, columns by name, pass-through verbatim, one CSV dialect (BOM,
-duplicate headers), real tables (penguins), regression columns, Parquet, errors, never a partial output."""
+duplicate headers), real tables (penguins), regression columns, Parquet, errors, never a partial output;
+``-``, FIFOs and ``/dev/fd/N`` written to as streams, never replaced."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import stat
 import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +298,155 @@ def test_an_output_that_cannot_be_written_is_a_named_error_and_leaves_nothing(tm
             predict.predict_csv(predictor, src, dst, progress=False)
         assert not dst.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "in.csv"]
+
+
+# ----------------------------------------------------------------------------- streams: -, FIFOs, /dev/fd/N
+
+
+def run_cli_bytes(*args: str, cwd: Path, tmpdir: Path, **popen: object) -> subprocess.CompletedProcess:
+    """The command with its standard output as bytes, run from ``cwd`` with ``TMPDIR=tmpdir``."""
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmpdir),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mlp_jax.predict", *args, "--no-progress"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        timeout=180,
+        **popen,
+    )
+
+
+@contextlib.contextmanager
+def fifo_reader(fifo: Path) -> Iterator[list[bytes | None]]:
+    """A thread that opens the FIFO for reading (blocking until a writer comes) and reads to
+    end-of-file; once the block ends the list holds the bytes read, or ``None`` when the reader
+    was still waiting for a writer 30 s later (it is then released, so no thread hangs)."""
+    got: list[bytes | None] = []
+    keep = fifo.with_name(fifo.name + ".inode")
+    os.link(fifo, keep)  # reaches the FIFO even if its name is replaced
+    thread = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    thread.start()
+    try:
+        yield got
+    finally:
+        thread.join(timeout=30)
+        if thread.is_alive():  # nobody opened it for writing: end the reader's wait
+            got.append(None)
+            with contextlib.suppress(OSError):
+                os.close(os.open(keep, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(timeout=10)
+        keep.unlink()
+
+
+@pytest.fixture
+def system_tmp(tmp_path, monkeypatch) -> Path:
+    """An empty folder as the system temp folder, to see what is left there."""
+    folder = tmp_path / "system-tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_gets_the_bytes_a_file_gets_and_stays_a_fifo(tmp_path, predictor, frame, system_tmp):
+    src, fifo = tmp_path / "in.csv", tmp_path / "out.fifo"
+    frame.to_csv(src, index=False)
+    predict.predict_csv(predictor, src, tmp_path / "file.csv", block_bytes=16 << 10, progress=False)
+    os.mkfifo(fifo)
+    with fifo_reader(fifo) as got:
+        result = predict.predict_csv(predictor, src, fifo, block_bytes=16 << 10, progress=False)
+    assert result.rows == 3000
+    assert got == [(tmp_path / "file.csv").read_bytes()]
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)  # written to, not replaced
+    assert leftovers(tmp_path) == [] and list(system_tmp.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_bad_input_writes_nothing_to_a_fifo_and_ends_its_reader(tmp_path, predictor, frame, system_tmp):
+    """The bad row comes after many blocks were scored: the reader gets end-of-file and 0 bytes."""
+    src, fifo = tmp_path / "in.csv", tmp_path / "out.fifo"
+    frame = frame.astype({"feature_3": object})
+    frame.loc[2989, "feature_3"] = "abc"
+    frame.to_csv(src, index=False)
+    os.mkfifo(fifo)
+    with fifo_reader(fifo) as got, pytest.raises(predict.BatchError, match="data row 2990"):
+        predict.predict_csv(predictor, src, fifo, block_bytes=16 << 10, progress=False)
+    assert got[0] == b""  # end-of-file at once (not None: a reader left waiting for a writer forever)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert leftovers(tmp_path) == [] and list(system_tmp.iterdir()) == []
+
+
+def test_output_dash_writes_the_csv_to_stdout_and_no_file_and_nothing_on_failure(
+    tmp_path, trained_workdir, predictor, frame
+):
+    src, temp = tmp_path / "in.csv", tmp_path / "system-tmp"
+    frame.to_csv(src, index=False)
+    temp.mkdir()
+    predict.predict_csv(predictor, src, tmp_path / "file.csv", progress=False)
+    proc = run_cli_bytes(
+        "--model", str(trained_workdir), "--input", "in.csv", "--output", "-", cwd=tmp_path, tmpdir=temp
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout == (tmp_path / "file.csv").read_bytes()  # the CSV alone, nothing printed into it
+    got = pd.read_csv(io.BytesIO(proc.stdout), dtype={"id": str})
+    assert list(got.columns) == ["id", "note", "prediction", "proba_0", "proba_1"] and len(got) == 3000
+    assert "wrote 3,000 rows" in proc.stderr.decode() and "to standard output" in proc.stderr.decode()
+    assert not (tmp_path / "-").exists() and list(temp.iterdir()) == []
+
+    # a bad value late in the file (after many blocks were scored): nothing reaches stdout
+    frame = frame.astype({"feature_3": object})
+    frame.loc[2989, "feature_3"] = "abc"
+    frame.to_csv(src, index=False)
+    args = ("--model", str(trained_workdir), "--input", "in.csv", "--output", "-", "--block-mb", "0.02")
+    proc = run_cli_bytes(*args, cwd=tmp_path, tmpdir=temp)
+    assert proc.returncode == 1
+    assert proc.stdout == b""
+    assert "data row 2990 (line 2991), column 'feature_3'" in proc.stderr.decode()
+    assert not (tmp_path / "-").exists() and list(temp.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/dev/fd").is_dir(), reason="no /dev/fd")
+@pytest.mark.parametrize("target", ["pipe", "appended file"])
+def test_a_dev_fd_output_is_written_through_the_descriptor(tmp_path, trained_workdir, predictor, frame, target):
+    """``--output >(gzip > x)`` hands the command ``/dev/fd/N``, a pipe; ``/dev/fd/N`` may also be a
+    file the shell opened (``3>>log``): the CSV is written through it (appended), the alias never replaced."""
+    src, temp = tmp_path / "in.csv", tmp_path / "system-tmp"
+    frame.to_csv(src, index=False)
+    temp.mkdir()
+    predict.predict_csv(predictor, src, tmp_path / "file.csv", progress=False)
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"previous\n")
+    if target == "pipe":
+        r, w = os.pipe()
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(os.fdopen(r, "rb").read()))
+        reader.start()
+    else:
+        w = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        proc = run_cli_bytes(
+            "--model",
+            str(trained_workdir),
+            "--input",
+            "in.csv",
+            "--output",
+            f"/dev/fd/{w}",
+            cwd=tmp_path,
+            tmpdir=temp,
+            pass_fds=(w,),
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"wrote 3,000 rows" in proc.stdout
+    want = (tmp_path / "file.csv").read_bytes()
+    if target == "pipe":
+        reader.join(timeout=60)
+        assert received == [want]
+    else:
+        assert log.read_bytes() == b"previous\n" + want
+    assert list(temp.iterdir()) == [] and leftovers(tmp_path) == []
