@@ -30,10 +30,13 @@ import argparse
 import contextlib
 import os
 import re
+import secrets
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,6 +250,76 @@ def _release_reader(dst: Path) -> None:
             os.close(os.open(dst, os.O_WRONLY | os.O_NONBLOCK))  # ENXIO when no reader waits
 
 
+#: The exit code after SIGTERM: 128 + 15, as a shell reports a process SIGTERM ended.
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM during :func:`main`. A SystemExit (code 143), so no
+    ``except Exception`` swallows it, frameworks that pass SystemExit and KeyboardInterrupt on
+    (asyncio's callbacks, which Orbax's loading runs) let it through, and every cleanup on the way runs."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_SIGTERM)
+
+
+class _SigtermStop:
+    """SIGTERM's handler while :func:`main` runs: the first SIGTERM raises :class:`Terminated`
+    where the main thread is, later ones are ignored (the cleanup is under way).
+
+    A handler's exception can land where Python swallows it: in a gc callback (JAX registers one,
+    and measured here 2 of 3 SIGTERMs landed in it), a ``__del__``, a weakref callback. So the
+    request is also remembered, :meth:`check` (called by :func:`predict_csv` before each block
+    and before the output is put in place) raises it again, and :meth:`unraisable` keeps the
+    swallowed copy from printing a traceback.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._hook: Any = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            self.requested = True
+            raise Terminated
+
+    def check(self) -> None:
+        """Raises :class:`Terminated` when a SIGTERM came (its first raise may have been swallowed).
+
+        Raises:
+          Terminated: SIGTERM was received while :func:`main` runs.
+        """
+        if self.requested:
+            raise Terminated
+
+    def unraisable(self, info: Any) -> None:
+        if not isinstance(info.exc_value, Terminated):
+            self._hook(info)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """Takes over SIGTERM for the block (main thread, default action only: an ignored SIGTERM
+        or a caller's own handler is left alone) and puts the previous handler back after."""
+        if (
+            threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+        ):
+            yield
+            return
+        self.requested = False
+        self._hook, sys.unraisablehook = sys.unraisablehook, self.unraisable
+        previous = signal.signal(signal.SIGTERM, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            sys.unraisablehook = self._hook
+            self.requested = False
+
+
+_SIGTERM = _SigtermStop()
+
+
 def predict_csv(
     predictor: Predictor,
     input_path: str | os.PathLike,
@@ -269,6 +342,7 @@ def predict_csv(
       BatchError: missing/empty input, duplicate header names, missing feature column, a bad
         value (its 1-based data row and column named), output that would overwrite the input,
         an output that cannot be written (a folder, a ``.parquet`` name, a closed pipe).
+      Terminated: SIGTERM came while :func:`main` runs (the temporary file is removed first).
     """
     from tqdm import tqdm
 
@@ -303,23 +377,26 @@ def predict_csv(
 
     shown = "- (standard output)" if to_stdout else str(dst)
     created = [] if stream else [p for p in dst.parents if not p.exists()]  # deepest first
-    try:
-        if stream:  # the whole result first goes to the system temp folder (never beside a device)
-            fd, tmp_name = tempfile.mkstemp(prefix=".mlp-jax-predict.", suffix=".csv.tmp")
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    except OSError as e:
-        for folder in created:  # leave no folder behind that this call made
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise BatchError(f"cannot write the output {shown}: {e.strerror or e}") from None
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     start = time.perf_counter()
     rows = 0
     opened = False  # the stream was opened: a failure from here on may have written to it
     try:
+        try:
+            # The temporary file is named before it is made (O_EXCL, as mkstemp does), so an
+            # interrupt (Ctrl-C, SIGTERM via main) at any moment after it exists removes it.
+            if stream:  # the whole result first goes to the system temp folder (never beside a device)
+                tmp = Path(tempfile.gettempdir()) / f".mlp-jax-predict.{secrets.token_hex(8)}.csv.tmp"
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.parent / f".{dst.name}.{secrets.token_hex(8)}.tmp"
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as e:
+            tmp = None  # not made (or, on a name clash, not ours)
+            for folder in created:  # leave no folder behind that this call made
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise BatchError(f"cannot write the output {shown}: {e.strerror or e}") from None
         with (
             pacsv.CSVWriter(str(tmp), schema) as writer,
             tqdm(
@@ -332,6 +409,7 @@ def predict_csv(
         ):
             try:
                 for frame, batch in _blocks(src, in_schema, block_bytes):
+                    _SIGTERM.check()  # a SIGTERM whose Terminated was swallowed (see _SigtermStop)
                     if len(frame) == 0:
                         continue
                     try:
@@ -353,6 +431,7 @@ def predict_csv(
                 raise BatchError(f"cannot read {src}: {e}") from None
         if rows == 0:
             raise BatchError(f"{src} has a header but 0 data rows")
+        _SIGTERM.check()
         if stream:
             opened = True
             try:
@@ -362,14 +441,15 @@ def predict_csv(
         else:
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the output is an ordinary file
+            os.chmod(tmp, 0o666 & ~umask)  # made 0600; the output is an ordinary file
             os.replace(tmp, dst)
     except BaseException:
         if stream and not opened and not to_stdout:
             _release_reader(dst)
         raise
     finally:
-        tmp.unlink(missing_ok=True)  # gone already after a replace
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # gone already after a replace
     return BatchResult(rows, time.perf_counter() - start, dst, out_columns)
 
 
@@ -397,12 +477,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (1 for a bad model or input, 2 for bad arguments).
+    """Entry point; returns the exit code (1 for a bad model or input, 2 for bad arguments,
+    143 (128 + SIGTERM, the shell's convention) when SIGTERM stopped it).
 
-    The summary line goes to standard output, or to standard error when the CSV does.
+    SIGTERM while the model loads or the rows are scored stops the run like Ctrl-C does: the
+    temporary output is removed, an existing output stays as it was, nothing reaches a stream
+    output unless its copy had begun. The summary line goes to standard output, or to standard
+    error when the CSV does.
     """
     args = parse_args(argv)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        with _SIGTERM.installed():
+            done = _score(args)
+    except Terminated:
+        print("error: stopped by SIGTERM before the output was complete", file=sys.stderr)
+        return EXIT_SIGTERM
+    if isinstance(done, int):
+        return done
+    predictor, result = done
+    produced = predictor.output_columns()
+    print(
+        f"wrote {result.rows:,} rows ({', '.join(produced)} and "
+        f"{len(result.columns) - len(produced)} passed-through column(s)) to "
+        f"{'standard output' if args.output == STDOUT else result.output} "
+        f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)",
+        file=sys.stderr if writes_to_stdout(args.output) else sys.stdout,  # never into the data
+    )
+    return 0
+
+
+def _score(args: argparse.Namespace) -> tuple[Predictor, BatchResult] | int:
+    """Loads the model and scores the input; an exit code (after printing why) when either fails."""
     from mlp_jax import compilation_cache
     from mlp_jax.artifact import CheckpointError
 
@@ -426,15 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BatchError, PredictorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    produced = predictor.output_columns()
-    print(
-        f"wrote {result.rows:,} rows ({', '.join(produced)} and "
-        f"{len(result.columns) - len(produced)} passed-through column(s)) to "
-        f"{'standard output' if args.output == STDOUT else result.output} "
-        f"in {result.seconds:.2f} s ({result.rows_per_second:,.0f} rows/s)",
-        file=sys.stderr if writes_to_stdout(args.output) else sys.stdout,  # never into the data
-    )
-    return 0
+    return predictor, result
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """The batch command: streamed blocks, columns by name, pass-through verbatim, one CSV dialect (BOM,
 duplicate headers), real tables (penguins), regression columns, Parquet, errors, never a partial output;
-``-``, FIFOs and ``/dev/fd/N`` written to as streams, never replaced."""
+``-``, FIFOs and ``/dev/fd/N`` written to as streams, never replaced; SIGTERM cleans up like Ctrl-C."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,7 +141,9 @@ def test_cli_errors_exit_nonzero_with_the_reason(tmp_path, trained_workdir, fram
     src = tmp_path / "in.csv"
     frame.drop(columns=["feature_0"]).to_csv(src, index=False)
     args = ["--input", str(src), "--output", str(tmp_path / "o.csv"), "--no-progress"]
+    handler, hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
     assert predict.main(["--model", str(trained_workdir), *args]) == 1
+    assert signal.getsignal(signal.SIGTERM) is handler and sys.unraisablehook is hook  # both put back
     assert "error: missing feature column(s): feature_0" in capsys.readouterr().err
     assert predict.main(["--model", str(tmp_path / "nope"), *args]) == 1
     err = capsys.readouterr().err
@@ -450,3 +454,41 @@ def test_a_dev_fd_output_is_written_through_the_descriptor(tmp_path, trained_wor
     else:
         assert log.read_bytes() == b"previous\n" + want
     assert list(temp.iterdir()) == [] and leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- SIGTERM
+
+
+def test_sigterm_mid_run_exits_143_and_leaves_no_temporary_file_and_no_output(tmp_path, trained_workdir, frame):
+    """What ``timeout``, ``docker stop`` and Kubernetes send: the run stops like after Ctrl-C, its
+    temporary file removed. The input (300,000 rows) takes seconds to score; SIGTERM is sent as
+    soon as the temporary file appears."""
+    src, dst = tmp_path / "in.csv", tmp_path / "out.csv"
+    header, body = frame.to_csv(index=False).split("\n", 1)
+    with src.open("w") as f:
+        f.write(header + "\n")
+        for _ in range(100):
+            f.write(body)
+    cmd = [sys.executable, "-m", "mlp_jax.predict", "--model", str(trained_workdir), "--input", str(src)]
+    proc = subprocess.Popen(
+        [*cmd, "--output", str(dst), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        seen = leftovers(tmp_path)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert seen, f"the run ended (code {proc.returncode}) before its temporary file appeared:\n{err}"
+    assert proc.returncode == 143, err  # 128 + SIGTERM
+    assert "error: stopped by SIGTERM" in err and "Traceback" not in err
+    assert leftovers(tmp_path) == [] and not dst.exists()
