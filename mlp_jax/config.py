@@ -293,10 +293,11 @@ def parse_value(key: str, tp: Any, raw: str) -> Any:
             return raw
         if _is_tuple(tp):
             (item,) = [a for a in typing.get_args(tp) if a is not Ellipsis]
-            parts = raw.replace("(", "").replace(")", "").split(",")
+            inner = raw.replace("(", "").replace(")", "")
+            parts = inner.split(",")
             if parts[-1].strip() == "" and len(parts) > 1:  # one trailing comma, as in a Python tuple
                 parts = parts[:-1]
-            if any(not p.strip() for p in parts) and raw.strip():
+            if any(not p.strip() for p in parts) and inner.strip():
                 raise ConfigError(f"{key}: empty item in {raw!r} (items are separated by ',')")
             return tuple(parse_value(key, item, p.strip()) for p in parts if p.strip())
         if tp is bool:

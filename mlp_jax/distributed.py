@@ -141,12 +141,16 @@ def _cgroup_dirs(controller: str, root: Path, proc_cgroup: Path) -> list[Path]:
         else:
             continue
         for base in bases:
+            # the cgroup's folder and its ancestors up to the mount root; without a cgroup namespace a
+            # container's /proc/self/cgroup names a host path (/docker/<id>) that is not under the
+            # container's mount, whose root is then the container's own cgroup: read that too
             d = base / path.strip().lstrip("/")
-            while d.is_dir():
-                dirs.append(d)
-                if d == base:
-                    break
+            while d != base and base in d.parents:
+                if d.is_dir():
+                    dirs.append(d)
                 d = d.parent
+            if base.is_dir():
+                dirs.append(base)
     return list(dict.fromkeys(dirs))
 
 

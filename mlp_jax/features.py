@@ -340,13 +340,20 @@ def _is_text(values: pd.Series) -> bool:
     return not (pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values))
 
 
+#: Text that reads as an integer code: a plain integer (at most 15 digits, no leading zero) or one
+#: written as ``N.0``, which is how pandas writes an integer column that has a gap.
+_INT_CODE = r"[+-]?(?:0|[1-9][0-9]{0,14})(?:\.0)?"
+
+
 def _numeric_codes(values: pd.Series, null: np.ndarray) -> bool:
     """Whether a ``data.categorical`` column holds numbers (its categories are then keyed by value).
 
-    True for a numeric column, and for text whose every value reads as a finite number with no
-    leading zero (``"3"``, ``"2.0"``, ``"-1"``; a CSV column read as text, or written by pandas as
-    ``2.0`` because it had a gap): 3, 3.0, ``"3"`` and ``"3.0"`` are then one category, in training
-    and at prediction. Codes such as ``"007"`` stay text (``"007"`` is not ``7``), as do booleans.
+    True for a numeric column, and for text whose every value is an integer code (``"3"``,
+    ``"-1"``, or ``"2.0"`` as pandas writes a column with a gap): 3, 3.0, ``"3"`` and ``"3.0"``
+    are then one category, in training and at prediction. Text whose spelling carries meaning
+    stays text: leading zeros (``"007"``), other decimals (versions ``"1.1"`` vs ``"1.10"``, ICD
+    codes ``"250.0"`` vs ``"250.00"``), exponents, and numbers of more than 15 digits (account
+    numbers, which float64 would merge); so do booleans.
     """
     if pd.api.types.is_bool_dtype(values):
         return False
@@ -355,9 +362,7 @@ def _numeric_codes(values: pd.Series, null: np.ndarray) -> bool:
     present = values[~null]
     if present.map(type).ne(str).any():  # mixed objects (bools, numbers and text): keyed by their text
         return False
-    text = present.str.strip()
-    num = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return bool(np.isfinite(num).all() and not text.str.match(r"[+-]?0\d").any())
+    return bool(present.str.strip().str.fullmatch(_INT_CODE).all())
 
 
 def _python_bools(values: pd.Series) -> bool:
@@ -445,6 +450,8 @@ class Preprocessor:
                 )
             if name in cfg.categorical:
                 kind = "number" if _numeric_codes(values, null) else "text"
+                if kind == "number" and _is_text(values):
+                    notes.append(f"{name}: integer codes, keyed by value (3, 3.0 and '3' are one category)")
                 specs.append(cls._fit_categorical(name, values, kind, cfg))
             elif pd.api.types.is_bool_dtype(values) or _bool_like(values, null):
                 missing_counts[name] = n_missing

@@ -218,10 +218,12 @@ def _non_json_number(body: bytes, message: str) -> str:
     if m is None:
         return ""
     at = int(m.group(1))
-    bad = _NON_JSON.match(body, max(at - 1, 0) if body[at - 1 : at] == b"-" else at)
-    if bad is None:
-        return ""
-    return f": {bad.group().decode()} is not a JSON number; send null for a missing value (finite numbers pass)"
+    # msgspec points at the token's first byte, or a few bytes on when it first read a prefix as null
+    for start in range(max(at - 5, 0), at + 1):
+        bad = _NON_JSON.match(body, start)
+        if bad and (start == 0 or not body[start - 1 : start].isalnum()):
+            return f": {bad.group().decode()} is not a JSON number; send null for a missing value (finite numbers pass)"
+    return ""
 
 
 def parse_predict(body: bytes, content_type: str) -> PredictRequest:
@@ -941,21 +943,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def check_bind(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on (address in use, no such address, no permission), or None.
 
-    Tried after the model loaded and before the "listening" line, with the SO_REUSEADDR that
-    uvicorn sets; the socket is closed again at once (another process could still take the port
-    in between: uvicorn then reports it).
+    Tried after the model loaded and before the "listening" line, as uvicorn binds: IPv6 when
+    ``host`` holds a ``:``, else IPv4, with SO_REUSEADDR; the socket is closed again at once
+    (another process could still take the port in between: uvicorn then reports it).
     """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
     except (socket.gaierror, UnicodeError) as e:
         return f"cannot resolve --host {host!r}: {e}"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(address)
-        except OSError as e:
-            return f"cannot listen on {host}:{port}: {e.strerror or e}"
+    except OSError as e:
+        return f"cannot listen on {host}:{port}: {e.strerror or e}"
     return None
 
 

@@ -76,6 +76,13 @@ def test_bad_overrides_name_the_key(item, message):
     assert message in str(info.value)
 
 
+def test_empty_lists_parse_with_or_without_parentheses():
+    for raw in ("data.drop=", "data.drop=()", "data.categorical=( )"):
+        key = raw.partition("=")[0]
+        assert C.to_flat_dict(C.apply_overrides(C.Config(), [raw]))[key] == ()
+    assert C.apply_overrides(C.Config(), ["model.hidden_sizes=(64,)"]).model.hidden_sizes == (64,)
+
+
 def test_json_round_trip_and_diff():
     cfg = C.apply_overrides(C.Config(), ["model.hidden_sizes=32,16,8", "optim.name=adamw"])
     back = C.from_json(C.to_json(cfg))

@@ -234,10 +234,21 @@ def test_codes_read_as_text_key_numbers_by_value(tmp_path, written):
     x = pre.transform(pd.DataFrame({"code": [3, 3.0, "3", "3.0", " 3 "]})).x[:, pre.n_dense]
     assert len(set(x.tolist())) == 1 and x[0] >= 2  # one known slot (0: missing, 1: unknown)
     assert pre.transform(pd.DataFrame({"code": [7]})).unknown_counts["code"] == 1
-    # codes with leading zeros stay text: "007" is not 7
-    zeros = pd.DataFrame({"code": rng.choice(["007", "010", "123"], 200)})
-    pre = Preprocessor.fit(zeros, cfg(categorical=("code",)))
-    assert pre.columns[0].kind == "text"
+    assert any("integer codes, keyed by value" in n for n in pre.notes)
+    # codes whose spelling carries meaning stay text: leading zeros ("007" is not 7), versions
+    # ("1.1" vs "1.10"), ICD codes ("250.0" vs "250.00"), exponents, and more than 15 digits
+    # (account numbers float64 would merge)
+    spelled = {
+        "zeros": ["007", "010", "123"],
+        "versions": ["1.1", "1.10", "1.2"],
+        "icd": ["250.0", "250.00", "250.01"],
+        "exponent": ["1e5", "100000", "7"],
+        "accounts": ["90071992547409930", "90071992547409931", "90071992547409932"],
+    }
+    for name, values in spelled.items():
+        pre = Preprocessor.fit(pd.DataFrame({"code": values * 10}), cfg(categorical=("code",)))
+        assert pre.columns[0].kind == "text" and len(pre.columns[0].vocabulary) == 3, name
+    pre = Preprocessor.fit(pd.DataFrame({"code": ["007", "010", "123"] * 10}), cfg(categorical=("code",)))
     assert pre.transform(pd.DataFrame({"code": ["7"]})).unknown_counts["code"] == 1
 
 

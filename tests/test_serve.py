@@ -173,6 +173,7 @@ BAD_PREDICT = [
     (b'{"features": [0.5, 0.5', 400, "malformed JSON"),
     (b'{"features": [NaN, 1, 2, 3, 4, 5]}', 400, "NaN is not a JSON number; send null for a missing value"),
     (b'{"features": [1, -Infinity, 2, 3, 4, 5]}', 400, "-Infinity is not a JSON number"),
+    (b'{"features": [1, 2, nan, 3, 4, 5]}', 400, "nan is not a JSON number"),
     (b'{"features": [1e999, 1, 2, 3, 4, 5]}', 400, "Number out of range"),
     (b"", 400, "empty request body"),
     (b"\xff\xfe", 400, "malformed JSON"),

@@ -338,6 +338,24 @@ def test_a_containers_cgroup_quota_caps_the_cores_and_memory(tmp_path, monkeypat
     )
     assert D.cgroup_cpu_quota(root, proc) == 3.0
     assert D.cgroup_memory_limit(root, proc) is None
+    # a container without a cgroup namespace: /proc/self/cgroup names the host's path, which is not
+    # under the container's mounts; their roots are the container's own cgroups (v1 and v2)
+    root, proc = _cgroups(
+        tmp_path / "docker-v1",
+        ["4:cpu,cpuacct:/docker/abc123", "12:memory:/docker/abc123"],
+        {
+            "cpu,cpuacct/cpu.cfs_quota_us": "200000",
+            "cpu,cpuacct/cpu.cfs_period_us": "100000",
+            "memory/memory.limit_in_bytes": str(1 << 30),
+        },
+    )
+    assert D.cgroup_cpu_quota(root, proc) == 2.0 and D.cgroup_memory_limit(root, proc) == 1 << 30
+    root, proc = _cgroups(
+        tmp_path / "docker-v2",
+        ["0::/system.slice/docker-abc.scope"],
+        {"cpu.max": "150000 100000", "memory.max": str(512 << 20)},
+    )
+    assert D.cgroup_cpu_quota(root, proc) == 1.5 and D.cgroup_memory_limit(root, proc) == 512 << 20
     # no limits, malformed files, a missing /proc entry: no cap, no error
     root, proc = _cgroups(tmp_path / "none", ["0::/"], {"cpu.max": "max 100000", "memory.max": "max"})
     assert D.cgroup_cpu_quota(root, proc) is None and D.cgroup_memory_limit(root, proc) is None
