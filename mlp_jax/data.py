@@ -130,6 +130,13 @@ def _parquet_files(folder: Path) -> list[Path]:
     )
 
 
+def hive_keys(folder: Path, f: Path) -> dict[str, str]:
+    """The ``key=value`` sub-folders between ``folder`` and its file ``f`` (Hive-style partitioning,
+    as ``DataFrame.to_parquet(partition_cols=...)`` writes), as text: ``{"year": "2020"}``."""
+    parts = f.relative_to(folder).parts[:-1]
+    return dict(part.split("=", 1) for part in parts if "=" in part)
+
+
 def _pandas_index_columns(schema: Any) -> set[str]:
     """Columns that hold a written pandas index (named in the file's pandas metadata)."""
     meta = schema.pandas_metadata or {}
@@ -216,7 +223,19 @@ def parquet_schema(path: str | os.PathLike) -> Any:
                     "(integers and floats may mix)"
                 )
             types[n] = (merged, origin if merged == known else f)
-    changed = {n for n, (t, _) in types.items() if t != first[n]}
+    keys = [hive_keys(p, f) for f in files]
+    for f, k in zip(files, keys, strict=True):
+        if list(k) != list(keys[0]):
+            raise DataError(
+                f"{p}: {rel(f)} lies under the key=value sub-folder(s) {list(k) or 'none'} but {rel(files[0])} "
+                f"under {list(keys[0]) or 'none'}; a partitioned folder needs the same keys for every file"
+            )
+    clash = [k for k in keys[0] if k in types]
+    if clash:
+        raise DataError(f"{p}: partition key(s) {', '.join(map(repr, clash))} are also columns of the files")
+    for k in keys[0]:  # partition keys are text columns (as for a CSV, the roles decide what they are)
+        types[k] = (pa.string(), files[0])
+    changed = {n for n, (t, _) in types.items() if t != first.get(n)}
     metadata = dict(schemas[0].metadata or {})
     if changed and b"pandas" in metadata:  # its column types are the first file's: forget the merged ones
         import json
@@ -230,23 +249,29 @@ def parquet_schema(path: str | os.PathLike) -> Any:
 def _read_parquet(path: Path) -> Any:
     """A Parquet file, or a folder's files in sorted order read as their common schema (see :func:`parquet_schema`).
 
+    A partitioned folder's ``key=value`` sub-folders become text columns, as pyarrow's dataset
+    reader would add them (:func:`hive_keys`).
+
     Raises:
-      DataError: the folder's files disagree, or a file lies in a ``key=value`` sub-folder (a
-        Hive-style partitioned dataset, whose keys are not columns of the files and would be lost).
+      DataError: the folder's files disagree (columns, types, or partition keys).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.is_dir():
         return pq.read_table(str(path))
     schema = parquet_schema(path)
     files = _parquet_files(path)
-    keyed = next((f for f in files if any("=" in d for d in f.relative_to(path).parts[:-1])), None)
-    if keyed is not None:
-        raise DataError(
-            f"{path}: {keyed.relative_to(path).as_posix()} lies in a key=value sub-folder (a partitioned dataset); "
-            "partition keys are not read as columns, so write them as columns of the files, in one flat folder"
-        )
-    return pq.read_table([str(f) for f in files], schema=schema)
+    if not hive_keys(path, files[0]):
+        return pq.read_table([str(f) for f in files], schema=schema)
+    stored = pa.schema([fld for fld in schema if fld.name not in hive_keys(path, files[0])], metadata=schema.metadata)
+    tables = []
+    for f in files:
+        t = pq.read_table(str(f), schema=stored)
+        for k, v in hive_keys(path, f).items():
+            t = t.append_column(pa.field(k, pa.string()), pa.array([v] * t.num_rows, pa.string()))
+        tables.append(t.select(schema.names))
+    return pa.concat_tables(tables)
 
 
 def decimals_as_floats(data: Any) -> Any:

@@ -185,7 +185,13 @@ def _blocks(src: Path, parquet: pa.Schema | None, block_bytes: int) -> Iterator[
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
                 if src.is_dir():
-                    arrays = [batch.column(c.name).cast(c.type) for c in parquet]
+                    keys = data.hive_keys(src, f)  # a partitioned folder's key=value sub-folders, as text
+                    arrays = [
+                        pa.array([keys[c.name]] * batch.num_rows, pa.string())
+                        if c.name in keys
+                        else batch.column(c.name).cast(c.type)
+                        for c in parquet
+                    ]
                     batch = pa.RecordBatch.from_arrays(arrays, schema=parquet)
                 yield data.decimals_as_floats(batch).to_pandas(), batch
         return

@@ -358,12 +358,31 @@ def test_a_parquet_folder_reads_harmless_differences_as_one_type(tmp_path):
     np.testing.assert_array_equal(got["a"], frame["a"])
     ds = D.prepare(C.DataConfig(path=str(folder), target="label"), 0, verbose=False)
     assert ds.feature_names == ("a", "b", "c", "n", "colour")
-    # a partitioned dataset's keys live in folder names, not in the files: refused rather than lost
-    keyed = tmp_path / "keyed" / "year=2020"
-    keyed.mkdir(parents=True)
-    frame.to_parquet(keyed / "part-0.parquet")
-    with pytest.raises(D.DataError, match=r"year=2020/part-0.parquet lies in a key=value sub-folder"):
-        D.read_table(tmp_path / "keyed")
+
+
+def test_a_partitioned_parquet_folder_reads_its_keys_as_text_columns(tmp_path):
+    # DataFrame.to_parquet(partition_cols=...) keeps the keys in folder names (year=2020/...), not in the files
+    frame = _frame(90).assign(year=[2019, 2020, 2021] * 30, site=["north", "south"] * 45)
+    frame.to_parquet(tmp_path / "part", partition_cols=["year", "site"])
+    got = D.read_table(tmp_path / "part")
+    assert set(got.columns) == set(frame.columns) and len(got) == 90
+    assert sorted(got["year"].unique()) == ["2019", "2020", "2021"] and set(got["site"]) == {"north", "south"}
+    assert D.read_header(tmp_path / "part")[-2:] == ["year", "site"]
+    ds = D.prepare(C.DataConfig(path=str(tmp_path / "part"), target="label"), 0, verbose=False)
+    assert "year" in ds.feature_names and "site" in ds.feature_names
+    # files under different keys, or a key that is also a column: named
+    (tmp_path / "mixed" / "year=2020").mkdir(parents=True)
+    frame.drop(columns="year").to_parquet(tmp_path / "mixed" / "year=2020" / "a.parquet")
+    frame.drop(columns="year").to_parquet(tmp_path / "mixed" / "b.parquet")
+    with pytest.raises(
+        D.DataError,
+        match=r"year=2020/a.parquet lies under the key=value sub-folder\(s\) \['year'\] but b.parquet under none",
+    ):
+        D.read_table(tmp_path / "mixed")
+    (tmp_path / "clash" / "year=2020").mkdir(parents=True)
+    frame.to_parquet(tmp_path / "clash" / "year=2020" / "a.parquet")
+    with pytest.raises(D.DataError, match=r"partition key\(s\) 'year' are also columns"):
+        D.read_table(tmp_path / "clash")
 
 
 def test_nested_parquet_columns_are_refused_by_name_unless_dropped(tmp_path):
