@@ -262,9 +262,10 @@ def _read_parquet(path: Path) -> Any:
         return pq.read_table(str(path))
     schema = parquet_schema(path)
     files = _parquet_files(path)
-    if not hive_keys(path, files[0]):
+    keyed = hive_keys(path, files[0])  # every file lies under the same keys (parquet_schema checked)
+    if not keyed:
         return pq.read_table([str(f) for f in files], schema=schema)
-    stored = pa.schema([fld for fld in schema if fld.name not in hive_keys(path, files[0])], metadata=schema.metadata)
+    stored = pa.schema([fld for fld in schema if fld.name not in keyed], metadata=schema.metadata)
     tables = []
     for f in files:
         t = pq.read_table(str(f), schema=stored)

@@ -156,7 +156,7 @@ def _cgroup_dirs(controller: str, root: Path, proc_cgroup: Path) -> list[Path]:
 
 def _read_first(d: Path, name: str) -> str | None:
     try:
-        return (d / name).read_text().split("\n")[0].strip()
+        return (d / name).read_text().partition("\n")[0].strip()
     except OSError:
         return None
 

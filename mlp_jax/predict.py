@@ -183,9 +183,9 @@ def _blocks(src: Path, parquet: pa.Schema | None, block_bytes: int) -> Iterator[
 
         files = [src] if src.is_file() else data._parquet_files(src)
         for f in files:
+            keys = data.hive_keys(src, f) if src.is_dir() else {}  # a partitioned folder's key=value folders
             for batch in pq.ParquetFile(f).iter_batches(batch_size=PARQUET_BATCH_ROWS):
                 if src.is_dir():
-                    keys = data.hive_keys(src, f)  # a partitioned folder's key=value sub-folders, as text
                     arrays = [
                         pa.array([keys[c.name]] * batch.num_rows, pa.string())
                         if c.name in keys
