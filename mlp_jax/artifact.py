@@ -30,9 +30,11 @@ when complete, so a step folder that exists is a finished save.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -365,6 +367,41 @@ def network_template(spec: NetworkSpec, members: int = 1) -> tuple[nnx.GraphDef,
     if members > 1:
         params = jax.tree.map(lambda a: jax.ShapeDtypeStruct((members, *a.shape), a.dtype), params)
     return graphdef, params
+
+
+def init_params(spec: NetworkSpec, seeds: int | Sequence[int]) -> tuple[nnx.GraphDef, nnx.State]:
+    """``(graphdef, parameters)`` of ``spec``'s network initialised from ``seeds``, by one compiled program.
+
+    ``seeds``: an int (parameters as :meth:`NetworkSpec.create` makes them) or a sequence of
+    ints in [0, 2**31) (one network per seed, every leaf stacked along a leading axis
+    ``[len(seeds), ...]``, by a vmapped program; member k's values are bitwise those for
+    ``seeds[k]`` alone). Against eager ``nnx.split(spec.create(seed))``: the dense layers are
+    bitwise equal, embedding tables within 1 ulp (XLA fuses the normal draw with its scale;
+    tested). Why not eagerly: eager initialisation compiles
+    every initialiser once per layer shape (2.7 s for the baseline's three layers on the 2-core
+    CPU box) and then dispatches ~30 ms of small ops per network; one program compiles once
+    whatever the member count, and is kept for the process (per network shape and member
+    count). On CPU it is compiled at XLA backend optimisation level 1
+    (0.9 s instead of 2.3 s; it runs once, on a few KB, and gives the same bits as the default).
+    """
+    stacked = not isinstance(seeds, int | np.integer)
+    arg = np.asarray(seeds if stacked else int(seeds), np.int32)
+    graphdef, program = _init_program(spec, len(arg) if stacked else None, jax.default_backend())
+    return graphdef, program(arg)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_program(spec: NetworkSpec, members: int | None, backend: str) -> tuple[nnx.GraphDef, Callable]:
+    """:func:`init_params`' compiled program for ``members`` seeds (None: one, unstacked), kept per process."""
+    graphdef, _ = network_template(spec)
+
+    def one(seed: jax.Array) -> nnx.State:
+        return nnx.state(spec.create(jax.random.key(seed)))
+
+    arg = jax.ShapeDtypeStruct(() if members is None else (members,), np.int32)
+    fn = jax.jit(one if members is None else jax.vmap(one))
+    options = {"xla_backend_optimization_level": 1} if backend == "cpu" else None
+    return graphdef, fn.lower(arg).compile(options)
 
 
 def load(path: str | Path, device: jax.Device | None = None) -> LoadedArtifact:

@@ -72,7 +72,7 @@ from orbax.checkpoint import checkpoint_managers
 
 from mlp_jax import distributed, optim, train
 from mlp_jax import model as model_lib
-from mlp_jax.artifact import NetworkSpec
+from mlp_jax.artifact import NetworkSpec, init_params
 from mlp_jax.config import (
     Config,
     ConfigError,
@@ -213,37 +213,34 @@ def create_states(
     spe = max(train.steps_per_epoch(n_train, tc.batch_size), 1)
     decay = any(m.config.optim.weight_decay > 0 for m in members)
     tx = optim.make_injectable(cfg0.optim, spe, tc.epochs, decay=decay)
-    graphdef = None
-    states = []
-    for m in members:
-        c = m.config
-        gd, params = nnx.split(spec.create(c.seed))
-        graphdef = graphdef or gd
-        opt_state = tx.init(params)
-        opt_state = opt_state._replace(
-            hyperparams={
-                "learning_rate": jnp.asarray(c.optim.learning_rate, jnp.float32),
-                "weight_decay": jnp.asarray(c.optim.weight_decay, jnp.float32),
-            }
-        )
-        hparams = {}
-        if "model.dropout" in swept:
-            hparams["dropout"] = jnp.asarray(c.model.dropout, jnp.float32)
-        if "train.label_smoothing" in swept or any(x.config.train.label_smoothing > 0 for x in members):
-            hparams["label_smoothing"] = jnp.asarray(c.train.label_smoothing, jnp.float32)
-        states.append(
-            train.TrainState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                opt_state=opt_state,
-                graphdef=graphdef,
-                tx=tx,
-                loss=train.loss_name(c, task),
-                huber_delta=c.train.huber_delta,
-                hparams=hparams,
-            )
-        )
-    return jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *states)  # stacked on the host: no program per shape
+    graphdef, params = init_params(spec, [m.config.seed for m in members])  # one program for every member
+    opt_state = jax.vmap(tx.init)(params)
+    opt_state = opt_state._replace(
+        hyperparams={
+            "learning_rate": _per_member([m.config.optim.learning_rate for m in members]),
+            "weight_decay": _per_member([m.config.optim.weight_decay for m in members]),
+        }
+    )
+    hparams = {}
+    if "model.dropout" in swept:
+        hparams["dropout"] = _per_member([m.config.model.dropout for m in members])
+    if "train.label_smoothing" in swept or any(m.config.train.label_smoothing > 0 for m in members):
+        hparams["label_smoothing"] = _per_member([m.config.train.label_smoothing for m in members])
+    return train.TrainState(
+        step=jnp.zeros((len(members),), jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        graphdef=graphdef,
+        tx=tx,
+        loss=train.loss_name(cfg0, task),
+        huber_delta=cfg0.train.huber_delta,
+        hparams=hparams,
+    )
+
+
+def _per_member(values: Sequence[float]) -> jax.Array:
+    """``[K]`` float32: one value per member (each rounded to float32 as a single run's scalar is)."""
+    return jnp.asarray(np.asarray(values, np.float32))
 
 
 def _rows(mask: jax.Array, a: jax.Array) -> jax.Array:

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 
 from mlp_jax import model as model_lib
 from mlp_jax import optim
-from mlp_jax.artifact import ArtifactMeta, DataInfo, NetworkSpec
+from mlp_jax.artifact import ArtifactMeta, DataInfo, NetworkSpec, init_params
 from mlp_jax.checkpoint import Checkpointer
 from mlp_jax.config import Config, ConfigError, resolve_auto, to_json
 from mlp_jax.data import Dataset
@@ -101,7 +101,7 @@ def create_state(config: Config, spec: NetworkSpec, n_train: int, task: str = "c
     ``n_train`` (training rows) sets the steps per epoch, which learning-rate schedules need.
     """
     config = resolve_auto(config, n_train)
-    graphdef, params = nnx.split(spec.create(config.seed))
+    graphdef, params = init_params(spec, config.seed)
     tx = optim.make(config.optim, max(steps_per_epoch(n_train, config.train.batch_size), 1), config.train.epochs)
     ls = config.train.label_smoothing if task == "classification" else 0.0
     hparams = {"label_smoothing": jnp.asarray(ls, jnp.float32)} if ls > 0 else {}
