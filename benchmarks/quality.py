@@ -33,6 +33,8 @@ re-split into training and early-stopping rows and every contender is scored on 
 validation rows (:func:`holdout_indices`), so ours is compared with scikit-learn's models on
 rows that neither trained nor stopped any of them, and the test rows stay unused.
 
+``--contenders "ours k-fold"`` adds 8 k-fold members (``train.kfold_members=true``: member k
+early-stops on fold k of the pooled training + early-stopping rows and trains on the others).
 ``--contenders "ours 8 seeds"`` adds the project's defaults trained as 8 seeds in one program
 and answered by their mean (:func:`fit_ours_seeds`; a documented configuration, not the default).
 
@@ -157,14 +159,21 @@ def fit_ours_seeds(
     from mlp_jax import data as data_lib
     from mlp_jax import sweep
 
+    kfold = config.train.kfold_members
     config = sweep.seeds_config(config, k)
     dataset = data_lib.from_frames(train_df, val_df, test_df, config.data, source="benchmarks.quality")
-    result = sweep.run_sweep(config, dataset)
+    rows = None
+    if kfold:  # train.kfold_members: the train and early-stopping rows pooled, one fold per member
+        dataset, rows = sweep.kfold_dataset(dataset, k, config.seed)
+    result = sweep.run_sweep(config, dataset, member_rows=rows)
     ids = list(range(k))
-    val_mean = result.predict(dataset.x_val, ids)[0]
+    if kfold:
+        y_val, val_mean = dataset.y_train, sweep.out_of_fold(result, ids, dataset.x_train, rows)
+    else:
+        y_val, val_mean = dataset.y_val, result.predict(dataset.x_val, ids)[0]
     test_mean = result.predict(dataset.x_test, ids)[0]
     out: dict[str, Any] = {
-        "val_loss": sweep.ensemble_scores(dataset.task, dataset.y_val, val_mean)["loss"],
+        "val_loss": sweep.ensemble_scores(dataset.task, y_val, val_mean)["loss"],
         "best_epoch": float(np.mean([m.best_epoch for m in result.members])),
         "epochs_run": max(m.epochs_run for m in result.members),
         **{k_: getattr(result.groups[0].config.train, k_) for k_ in ("batch_size", "epochs", "patience")},
@@ -301,7 +310,7 @@ def metrics(spec: TableSpec, out: dict[str, Any], test: pd.DataFrame) -> dict[st
 
 CONTENDERS = ("ours", "sklearn MLP", "linear", "HistGB")
 #: Contenders run only when named in ``--contenders`` (not the project's defaults).
-OPTIONAL = (f"ours {ENSEMBLE_SEEDS} seeds",)
+OPTIONAL = (f"ours {ENSEMBLE_SEEDS} seeds", "ours k-fold")
 
 
 def run_contender(
@@ -318,7 +327,8 @@ def run_contender(
     if name == "ours":
         out = fit_ours(ours_config(overrides or [], seed, spec), train, val, test)
     elif name in OPTIONAL:
-        out = fit_ours_seeds(ours_config(overrides or [], seed, spec), train, val, test)
+        kfold = ["train.kfold_members=true"] if name == "ours k-fold" else []
+        out = fit_ours_seeds(ours_config([*kfold, *(overrides or [])], seed, spec), train, val, test)
     else:
         out = fit_sklearn(name, spec, train, test, seed)
     row: dict[str, Any] = {**metrics(spec, out, test), "seconds": time.perf_counter() - t}

@@ -105,21 +105,39 @@ def _ensemble_mismatch(e: Any, cfg: Config, k: int) -> str:
     )
 
 
-def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int) -> tuple[Any, Callable]:
+def fit_members(
+    config: Config, dataset: Any, workdir: Path, writer: Any, k: int
+) -> tuple[Any, Callable, tuple[np.ndarray, np.ndarray]]:
     """``train.members=k`` > 1: seeds ``seed .. seed+k-1`` trained as one program (``mlp_jax.sweep``,
     each with its own early stopping; a rerun resumes from ``workdir/group-0``), all k saved as one
     ensemble artifact in ``workdir/<step>``.
 
-    Returns ``(fit result, outputs)``: a :class:`mlp_jax.train.FitResult` (history: the members'
-    mean per epoch; best epoch / epochs run: the latest member's; ``last_checkpoint``: the
-    ensemble's step folder) and ``outputs(x) -> [n, C]``, the members' mean probabilities or
-    standardised predictions.
+    ``train.kfold_members``: the training and validation rows are pooled and cut into k folds
+    (:func:`mlp_jax.sweep.kfold_rows`, from ``seed``); member i trains on the other folds and
+    early-stops on fold i, so every member sees ~(k-1)/k of the pool instead of the training rows
+    alone, and the members differ in their rows as well as their seeds. The validation numbers
+    are then out-of-fold: each pooled row scored by the one member that held it out.
+
+    Returns ``(fit result, outputs, (y_val, val_outputs))``: a :class:`mlp_jax.train.FitResult`
+    (history: the members' mean per epoch; best epoch / epochs run: the latest member's;
+    ``last_checkpoint``: the ensemble's step folder), ``outputs(x) -> [n, C]``, the members'
+    mean probabilities or standardised predictions, and the validation targets with the
+    outputs that score them (the ensemble's on the validation rows, or the out-of-fold ones).
     """
     from mlp_jax import sweep, train
     from mlp_jax.config import resolve_auto
 
     cfg = sweep.seeds_config(config, k)
-    n_train = len(dataset.y_train)
+    rows = None
+    fit_data = dataset
+    if config.train.kfold_members:
+        fit_data, rows = sweep.kfold_dataset(dataset, k, config.seed)
+        print(
+            f"k-fold members: {len(fit_data.y_train)} training + validation rows in {k} folds; member i early-stops on "
+            f"fold i ({np.bincount(rows.fold).min()}-{np.bincount(rows.fold).max()} rows) and trains on the rest",
+            flush=True,
+        )
+    n_train = sweep._n_train(fit_data, rows)
 
     trained = [0]  # member-epochs trained by this call (a resumed run counts only its own)
     first_epoch: list[int] = []  # the first epoch this call trained (a resume starts after 1)
@@ -142,7 +160,7 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
     group_dir = sweep.group_dir(workdir)
     fresh = not group_dir.exists()
     try:
-        result = sweep.run_sweep(cfg, dataset, str(workdir), on_epoch=on_epoch)
+        result = sweep.run_sweep(cfg, fit_data, str(workdir), on_epoch=on_epoch, member_rows=rows)
     except sweep.SweepResumeError as e:  # said in the run's keys (train.members, seed), not the sweep's axes
         raise ConfigError(
             f"workdir: cannot resume the ensemble in {workdir} with train.members={k}: {_ensemble_mismatch(e, cfg, k)}"
@@ -179,7 +197,10 @@ def fit_members(config: Config, dataset: Any, workdir: Path, writer: Any, k: int
         n_devices=result.n_devices,
         config=resolved,
     )
-    return fit, lambda x: result.predict(x, ids)[0]
+    outputs = lambda x: result.predict(x, ids)[0]  # noqa: E731
+    if rows is None:
+        return fit, outputs, (dataset.y_val, outputs(dataset.x_val))
+    return fit, outputs, (fit_data.y_train, sweep.out_of_fold(result, ids, fit_data.x_train, rows))
 
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
@@ -210,6 +231,11 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     )
 
     members = auto_members(config, len(dataset.y_train), processes.num_processes)
+    if config.train.kfold_members and members < 2:
+        raise ConfigError(
+            "train.kfold_members: needs train.members >= 2 (one member per fold; auto = 8) and one process, "
+            f"got {members} member(s) over {processes.num_processes} process(es)"
+        )
     check_workdir_kind(workdir, members)  # before tracking: a refused workdir leaves no MLflow run
 
     session = None
@@ -226,7 +252,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         print(f"members: {members} seeds trained as one program, served as one ensemble (train.members)", flush=True)
     try:
         if members > 1:
-            result, outputs = fit_members(config, dataset, workdir, writer, members)
+            result, outputs, (y_val, val_out) = fit_members(config, dataset, workdir, writer, members)
         else:
             result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)
             best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
@@ -256,7 +282,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             if members > 1:  # the ensemble's own validation numbers (what the champion gate compares)
                 from mlp_jax.sweep import ensemble_scores
 
-                best_val = ensemble_scores(dataset.task, dataset.y_val, outputs(dataset.x_val), "best_val_")
+                best_val = ensemble_scores(dataset.task, y_val, val_out, "best_val_")
             figures = [
                 lambda: evaluate.plot_confusion_matrix(
                     report["confusion_matrix"], dataset.classes, plots / "confusion_matrix.png"
@@ -267,8 +293,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             y_test = decode(dataset.y_test)
             pred_test = decode(outputs(dataset.x_test))
             report = evaluate.regression_report(y_test, pred_test, dataset.target_names)
-            val_out = outputs(dataset.x_val)
-            val = evaluate.regression_report(decode(dataset.y_val), decode(val_out), dataset.target_names)
+            if members <= 1:
+                y_val, val_out = dataset.y_val, outputs(dataset.x_val)
+            val = evaluate.regression_report(decode(y_val), decode(val_out), dataset.target_names)
             test_metrics = {
                 "test_rmse": report["rmse"],
                 "test_mae": report["mae"],
@@ -286,7 +313,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             if members > 1:  # the ensemble's validation MSE (standardised), not the members' mean curve
                 from mlp_jax.sweep import ensemble_scores
 
-                best_val["best_val_loss"] = ensemble_scores(dataset.task, dataset.y_val, val_out)["loss"]
+                best_val["best_val_loss"] = ensemble_scores(dataset.task, y_val, val_out)["loss"]
             figures = [
                 lambda: evaluate.plot_predicted_vs_actual(
                     y_test, pred_test, dataset.target_names, plots / "predicted_vs_actual.png"

@@ -252,24 +252,42 @@ def freeze(active: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(_rows(active, n), n, o), new, old)
 
 
-def make_sweep_epoch(batch_size: int, n_rows: int) -> Callable:
-    """``epoch(states, active, x, y, keys) -> (states, metric sums [K])``, jitted, states donated.
+def make_sweep_epoch(batch_size: int, n_rows: int, kfold: bool = False) -> Callable:
+    """``epoch(states, active, x, y, keys[, rows, counts]) -> (states, metric sums [K])``, jitted, states donated.
 
     Member k shuffles and drops out with ``keys[k]`` exactly as ``train.make_train_epoch``
     does with its key, so a member follows the same batches as a single run of its config on
     the same split. (The sweep splits the data once, with the base config's seed; a single run
     with ``seed=N`` also draws its split from N, so only the base seed's members match single
     runs exactly.)
+
+    ``kfold``: member k trains only on its own rows, ``rows[k, :counts[k]]`` (int32 ``[K, L]``,
+    padded; :class:`MemberRows`), shuffled with its key; ``n_rows`` is then the fewest rows a
+    member has, which sets the steps per epoch (every member's shuffle puts its own rows first,
+    so the padding is never drawn).
     """
     steps = n_rows // batch_size
 
-    def epoch(states: train.TrainState, active: jax.Array, x: jax.Array, y: jax.Array, keys: jax.Array):
-        def member_plan(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def epoch(
+        states: train.TrainState,
+        active: jax.Array,
+        x: jax.Array,
+        y: jax.Array,
+        keys: jax.Array,
+        rows: jax.Array | None = None,
+        counts: jax.Array | None = None,
+    ):
+        def member_plan(key: jax.Array, own: jax.Array | None, count: jax.Array | None) -> tuple[jax.Array, jax.Array]:
             shuffle_key, dropout_key = jax.random.split(key)
-            order = train.shuffle_indices(shuffle_key, n_rows)[: steps * batch_size].reshape(steps, batch_size)
+            if own is None:
+                order = train.shuffle_indices(shuffle_key, n_rows)
+            else:  # the member's rows in shuffled order, its padding (positions >= count) last
+                pos = train.shuffle_indices(shuffle_key, own.shape[0])
+                order = own[pos[jnp.argsort(pos >= count, stable=True)]]
+            order = order[: steps * batch_size].reshape(steps, batch_size)
             return order, jax.random.split(dropout_key, steps)
 
-        order, step_keys = jax.vmap(member_plan)(keys)  # [K, steps, batch], [K, steps]
+        order, step_keys = jax.vmap(member_plan)(keys, rows, counts)  # [K, steps, batch], [K, steps]
 
         def member_step(state: train.TrainState, idx: jax.Array, key: jax.Array):
             return train.train_step(state, (x[idx], y[idx]), key)
@@ -280,20 +298,87 @@ def make_sweep_epoch(batch_size: int, n_rows: int) -> Callable:
         new, metrics = jax.lax.scan(body, states, (jnp.swapaxes(order, 0, 1), jnp.swapaxes(step_keys, 0, 1)))
         return freeze(active, new, states), jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
+    if not kfold:
+        return jax.jit(lambda states, active, x, y, keys: epoch(states, active, x, y, keys), donate_argnums=0)
     return jax.jit(epoch, donate_argnums=0)
 
 
-def make_sweep_evaluate() -> Callable:
-    """``evaluate(states, x, y, mask) -> metric sums [K]`` over pre-batched validation arrays."""
+def make_sweep_evaluate(kfold: bool = False) -> Callable:
+    """``evaluate(states, x, y, mask) -> metric sums [K]`` over pre-batched validation arrays.
+
+    ``mask``: 0/1 ``[batches, batch]`` shared by every member, or with ``kfold`` one per member,
+    ``[K, batches, batch]`` (member k's early-stopping rows: its fold).
+    """
 
     def evaluate(states: train.TrainState, x: jax.Array, y: jax.Array, mask: jax.Array):
-        def body(carry: None, batch: tuple[jax.Array, jax.Array, jax.Array]):
-            return carry, jax.vmap(train.eval_step, in_axes=(0, None))(states, batch)
+        if kfold:
 
-        _, metrics = jax.lax.scan(body, None, (x, y, mask))
+            def body(carry: None, batch: tuple[jax.Array, jax.Array, jax.Array]):
+                xb, yb, mb = batch
+                return carry, jax.vmap(lambda s, m: train.eval_step(s, (xb, yb, m)))(states, mb)
+
+            _, metrics = jax.lax.scan(body, None, (x, y, jnp.swapaxes(mask, 0, 1)))
+        else:
+
+            def body(carry: None, batch: tuple[jax.Array, jax.Array, jax.Array]):
+                return carry, jax.vmap(train.eval_step, in_axes=(0, None))(states, batch)
+
+            _, metrics = jax.lax.scan(body, None, (x, y, mask))
         return jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
     return jax.jit(evaluate)
+
+
+@dataclass(frozen=True)
+class MemberRows:
+    """K-fold cross-fitting: the rows each member trains and early-stops on.
+
+    ``fold``: int ``[n]``, the fold (= the member) that holds each row of the training matrix
+    out: member k trains on every row whose fold is not k and early-stops on those whose fold
+    is k (K-fold bagging, as AutoGluon-Tabular trains its models: Erickson et al. 2020,
+    arXiv 2003.06505). Each row is then held out by exactly one member, whose prediction for
+    it is an out-of-fold prediction.
+    """
+
+    fold: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.fold.max()) + 1
+
+    def train_rows(self, k_pad: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows int32 [k_pad, L], counts int32 [k_pad])``: member k's training rows, padded
+        with its own first row to the longest; padding members (k >= K) copy member 0."""
+        own = [np.flatnonzero(self.fold != k).astype(np.int32) for k in range(self.k)]
+        own += [own[0]] * (k_pad - len(own))
+        width = max(len(r) for r in own)
+        rows = np.stack([np.concatenate([r, np.full(width - len(r), r[0], np.int32)]) for r in own])
+        return rows, np.asarray([len(r) for r in own], np.int32)
+
+    @property
+    def min_train_rows(self) -> int:
+        return int(len(self.fold) - np.bincount(self.fold).max())
+
+
+def kfold_rows(y: np.ndarray, k: int, seed: int, task: str) -> MemberRows:
+    """Stratified K folds of the training rows for classification (plain K folds when a class
+    has fewer than ``k`` rows, and for regression), shuffled with ``seed``.
+
+    Raises:
+      ConfigError: fewer rows than folds.
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    if len(y) < 2 * k:
+        raise ConfigError(f"train.kfold_members: {len(y)} training + validation rows are too few for {k} folds")
+    stratify = task == "classification" and np.bincount(y).min(initial=k) >= k
+    splitter = (
+        StratifiedKFold(k, shuffle=True, random_state=seed) if stratify else KFold(k, shuffle=True, random_state=seed)
+    )
+    fold = np.empty(len(y), np.int32)
+    for i, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y if stratify else None)):
+        fold[held] = i
+    return MemberRows(fold)
 
 
 @partial(jax.jit, donate_argnums=0)
@@ -541,7 +626,7 @@ def _pad(tree: Any, n: int) -> Any:
     return jax.tree.map(pad, tree)
 
 
-def check(config: Config, dataset: Dataset) -> list[Member]:
+def check(config: Config, dataset: Dataset, member_rows: MemberRows | None = None) -> list[Member]:
     """The sweep's members, or the error that :func:`run_sweep` would raise, before anything is written.
 
     Callers (``experiments/sweep.py``) run it before opening tracking or creating the
@@ -556,8 +641,10 @@ def check(config: Config, dataset: Dataset) -> list[Member]:
         raise SweepError("sweeps run in one process (members are sharded over its local devices)")
     if config.sweep.ensemble_top_k < 0:
         raise ConfigError(f"sweep.ensemble_top_k: {config.sweep.ensemble_top_k} must be >= 0 (0 or 1: no ensemble)")
-    n_train = len(dataset.y_train)
+    n_train = _n_train(dataset, member_rows)
     members = [dataclasses.replace(m, config=resolve_auto(m.config, n_train)) for m in expand(config)]  # "auto" budgets
+    if member_rows is not None and (len(group_members(members)) > 1 or len(members) != member_rows.k):
+        raise ConfigError(f"k-fold members: {member_rows.k} folds for {len(members)} members of one network shape")
     for g in group_members(members):
         if n_train < g[0].config.train.batch_size:
             raise ConfigError(
@@ -566,13 +653,45 @@ def check(config: Config, dataset: Dataset) -> list[Member]:
     return members
 
 
+def kfold_dataset(dataset: Dataset, k: int, seed: int) -> tuple[Dataset, MemberRows]:
+    """``dataset`` with its training and validation rows pooled as the training matrix (no
+    validation rows left), and the :func:`kfold_rows` of that pool: what :func:`run_sweep` takes
+    for k-fold members (``train.kfold_members``). The preprocessing stays the one fitted on the
+    training rows; the test rows are untouched."""
+    x = np.concatenate([dataset.x_train, dataset.x_val])
+    y = np.concatenate([dataset.y_train, dataset.y_val])
+    pooled = dataclasses.replace(dataset, x_train=x, y_train=y, x_val=x[:0], y_val=y[:0])
+    return pooled, kfold_rows(y, k, seed, dataset.task)
+
+
+def out_of_fold(result: SweepResult, members: Sequence[int], x: np.ndarray, rows: MemberRows) -> np.ndarray:
+    """Out-of-fold outputs ``[n, C]`` on the pooled training matrix ``x``: each row answered by the
+    member that held it out (its best parameters); rows of a member not in ``members`` (left out
+    for a loss that was never finite) by the mean of ``members``."""
+    out = result.predict(x, members)[0]
+    for i in members:
+        held = rows.fold == i
+        out[held] = result.predict(x[held], [i])[0]
+    return out
+
+
+def _n_train(dataset: Dataset, member_rows: MemberRows | None) -> int:
+    """Training rows per member: all of ``x_train``, or with k-fold members the fewest any member has."""
+    return len(dataset.y_train) if member_rows is None else member_rows.min_train_rows
+
+
 def run_sweep(
     config: Config,
     dataset: Dataset,
     workdir: str | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    member_rows: MemberRows | None = None,
 ) -> SweepResult:
     """Trains every member of ``config.sweep``; resumes from ``workdir`` when it holds checkpoints.
+
+    ``member_rows``: k-fold cross-fitting (one group, one member per fold): member k trains on
+    the rows of ``dataset.x_train`` outside its fold and early-stops on its fold (its
+    validation metrics are its fold's; ``dataset.x_val`` is not used).
 
     ``on_epoch`` is called after every epoch (after its checkpoint); an exception from it
     stops the sweep with the checkpoints kept (how tests simulate a crash).
@@ -581,7 +700,7 @@ def run_sweep(
       ConfigError: invalid sweep, or a batch larger than the training set.
       SweepError: a resume against a checkpoint of another sweep or other data.
     """
-    members = check(config, dataset)
+    members = check(config, dataset, member_rows)
     swept = [a.key for a in sweep_axes(config)]
     groups = group_members(members)
 
@@ -590,7 +709,7 @@ def run_sweep(
     timings = {"compile": 0.0, "train": 0.0, "checkpoint": 0.0}
     n_dev_max = 1
     for gi, group in enumerate(groups):
-        gres, mres, t, n_dev = _run_group(config, gi, group, swept, dataset, workdir, on_epoch)
+        gres, mres, t, n_dev = _run_group(config, gi, group, swept, dataset, workdir, on_epoch, member_rows)
         group_results.append(gres)
         results.update({m.index: m for m in mres})
         for k in timings:
@@ -615,11 +734,12 @@ def _run_group(
     dataset: Dataset,
     workdir: str | None,
     on_epoch: Callable[[EpochReport], None] | None,
+    member_rows: MemberRows | None = None,
 ) -> tuple[GroupResult, list[MemberResult], dict[str, float], int]:
     cfg0 = group[0].config
     tc = cfg0.train
     k = len(group)
-    n_train = len(dataset.y_train)
+    n_train = _n_train(dataset, member_rows)
     cap = None
     if jax.default_backend() == "cpu":
         rows = (dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val)
@@ -657,7 +777,17 @@ def _run_group(
         best = jax.device_put(_pad(best, k_pad), by_member)  # its own host copy: never aliases the donated state
         x_train = jax.device_put(dataset.x_train, replicated)
         y_train = jax.device_put(dataset.y_train, replicated)
-        val = jax.device_put(train.batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size), replicated)
+        kfold = member_rows is not None
+        if kfold:  # every row of x_train, each member's mask its own fold
+            xv, yv, shared = train.batch_for_eval(dataset.x_train, dataset.y_train, tc.eval_batch_size)
+            fold = np.concatenate([member_rows.fold, np.full(shared.size - len(member_rows.fold), -1, np.int32)])
+            masks = np.stack([(fold == j).reshape(shared.shape) for j in range(k_pad)]).astype(np.float32)
+            val = (*jax.device_put((xv, yv), replicated), jax.device_put(masks, by_member))
+            rows, counts = jax.device_put(member_rows.train_rows(k_pad), by_member)
+            own_rows: tuple[jax.Array, ...] = (rows, counts)
+        else:
+            val = jax.device_put(train.batch_for_eval(dataset.x_val, dataset.y_val, tc.eval_batch_size), replicated)
+            own_rows = ()
         seeds = jax.device_put(
             np.asarray([m.config.seed for m in group] + [group[0].config.seed] * (k_pad - k), np.int32), by_member
         )
@@ -667,9 +797,11 @@ def _run_group(
         keys0 = _epoch_keys(seeds, jnp.int32(0))
         active_dev = jax.device_put(active, by_member)
         train_epoch = (
-            make_sweep_epoch(tc.batch_size, n_train).lower(states, active_dev, x_train, y_train, keys0).compile()
+            make_sweep_epoch(tc.batch_size, n_train, kfold)
+            .lower(states, active_dev, x_train, y_train, keys0, *own_rows)
+            .compile()
         )
-        evaluate = make_sweep_evaluate().lower(states, *val).compile()
+        evaluate = make_sweep_evaluate(kfold).lower(states, *val).compile()
         timings["compile"] = time.perf_counter() - t0
 
         epoch = start
@@ -679,7 +811,7 @@ def _run_group(
                 break
             t = time.perf_counter()
             keys = _epoch_keys(seeds, jnp.int32(epoch))
-            states, sums = train_epoch(states, jax.device_put(active, by_member), x_train, y_train, keys)
+            states, sums = train_epoch(states, jax.device_put(active, by_member), x_train, y_train, keys, *own_rows)
             val_sums = evaluate(states, *val)
             sums, val_sums = jax.device_get((sums, val_sums))  # the one host transfer of the epoch
             improved = np.zeros(k_pad, bool)
@@ -920,6 +1052,7 @@ __all__ = [
     "GroupResult",
     "Member",
     "MemberResult",
+    "MemberRows",
     "SweepError",
     "SweepResult",
     "SweepResumeError",
@@ -932,10 +1065,13 @@ __all__ = [
     "freeze",
     "group_dir",
     "group_members",
+    "kfold_dataset",
+    "kfold_rows",
     "log_loss",
     "make_sweep_epoch",
     "make_sweep_evaluate",
     "member_outputs",
+    "out_of_fold",
     "run_sweep",
     "save_artifact",
     "seeds_config",

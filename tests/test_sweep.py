@@ -427,3 +427,84 @@ def test_trivial_val_loss_is_the_prior_or_the_mean_scored_like_a_member(tmp_path
         mean = np.broadcast_to(rds.y_train.mean(axis=0), rds.y_val.shape)
         member = float(jnp.mean(T.row_losses(state, jnp.asarray(mean), jnp.asarray(rds.y_val))))
         assert S.trivial_val_loss(rcfg, rds) == pytest.approx(member, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- k-fold members
+
+
+def test_kfold_rows_cover_every_row_once_stratified_and_seeded():
+    y = np.repeat(np.arange(3), [40, 25, 15]).astype(np.int32)
+    rows = S.kfold_rows(y, 5, 0, "classification")
+    assert rows.k == 5 and rows.fold.shape == (80,)
+    for k in range(5):  # stratified: every fold holds each class in proportion
+        assert np.bincount(y[rows.fold == k], minlength=3).tolist() == [8, 5, 3]
+    assert np.array_equal(S.kfold_rows(y, 5, 0, "classification").fold, rows.fold)
+    assert not np.array_equal(S.kfold_rows(y, 5, 1, "classification").fold, rows.fold)
+    train_rows, counts = rows.train_rows(8)  # padded to 8 members (devices): the extra copy member 0
+    assert train_rows.shape == (8, 64) and counts.tolist() == [64] * 8
+    assert set(train_rows[2]) == set(np.flatnonzero(rows.fold != 2)) and rows.min_train_rows == 64
+    rare = np.array([0] * 30 + [1] * 3, np.int32)  # a class rarer than the folds: plain k folds
+    assert sorted(np.bincount(S.kfold_rows(rare, 4, 0, "classification").fold)) == [8, 8, 8, 9]
+    with pytest.raises(C.ConfigError, match="too few for 8 folds"):
+        S.kfold_rows(np.zeros(10, np.int32), 8, 0, "classification")
+
+
+def test_kfold_members_never_train_on_their_own_fold(tiny_csv):
+    """Poison fold 0's rows with NaN: member 0, which holds that fold out, trains on finite rows only."""
+    cfg = C.apply_overrides(C.Config(), [f"data.path={tiny_csv}", "model.hidden_sizes=8", "sweep.seed=0,1,2"])
+    ds = D.prepare(cfg.data, cfg.seed)
+    pooled, rows = S.kfold_dataset(ds, 3, 0)
+    assert len(pooled.y_train) == len(ds.y_train) + len(ds.y_val) and len(pooled.y_val) == 0
+    x = pooled.x_train.copy()
+    x[rows.fold == 0] = np.nan
+    members = S.expand(cfg)
+    states = S.create_states(members, ["seed"], T.network_spec(members[0].config, ds), rows.min_train_rows)
+    keys = jax.vmap(lambda s: T.epoch_key(s, 1))(jnp.arange(3))
+    epoch = S.make_sweep_epoch(32, rows.min_train_rows, kfold=True)
+    own, counts = rows.train_rows(3)
+    after, sums = epoch(states, jnp.ones(3, bool), x, pooled.y_train, keys, own, counts)
+    loss = np.asarray(sums["loss_sum"])
+    assert np.isfinite(loss[0]) and np.isnan(loss[1:]).all()
+    assert all(np.isfinite(np.asarray(a)[0]).all() for a in jax.tree.leaves(after.params))
+    assert float(sums["count"][0]) == (rows.min_train_rows // 32) * 32  # full batches of its own rows
+
+
+@pytest.mark.slow
+def test_kfold_members_stop_on_their_fold_and_report_out_of_fold_scores(tmp_path, tiny_csv):
+    """Each member's validation loss is its own fold's; the runner reports out-of-fold scores and
+    serves the k members as one ensemble; a resume without k-fold members is refused by name."""
+    from mlp_jax import runner
+    from mlp_jax.predictor import Predictor
+
+    cfg = _sweep_config(tmp_path, tiny_csv, **{"train.epochs": "1", "sweep.seed": "0,1,2"})
+    ds = D.prepare(cfg.data, cfg.seed)
+    pooled, rows = S.kfold_dataset(ds, 3, 7)
+    result = S.run_sweep(cfg, pooled, member_rows=rows)
+    final = result.groups[0].state
+    for k, member in enumerate(result.members):
+        params = jax.tree.map(lambda a, k=k: a[k], final.params)
+        held = rows.fold == k
+        probs = np.asarray(M.apply(final.graphdef, params, jnp.asarray(pooled.x_train[held])))
+        expected = S.log_loss(pooled.y_train[held], np.asarray(jax.nn.softmax(probs)))
+        assert member.history[0]["val_loss"] == pytest.approx(expected, rel=1e-4)
+    oof = S.out_of_fold(result, [0, 1, 2], pooled.x_train, rows)
+    for k in range(3):
+        held = rows.fold == k
+        np.testing.assert_allclose(oof[held], result.predict(pooled.x_train[held], [k])[0], rtol=1e-6)
+
+    run_cfg = tiny_config(tmp_path, tiny_csv, **{"train.members": "3", "train.kfold_members": "true"})
+    summary = runner.run(run_cfg, progress=False)
+    assert Predictor.load(str(tmp_path / "run")).members == 3
+    assert np.isfinite(summary["best_val_loss"]) and np.isfinite(summary["test_loss"])
+    with pytest.raises(C.ConfigError, match=r"train\.kfold_members \(True vs False\)"):
+        runner.run(tiny_config(tmp_path, tiny_csv, **{"train.members": "3"}), progress=False)
+
+
+def test_kfold_members_are_refused_where_they_cannot_apply(tmp_path, tiny_csv):
+    with pytest.raises(C.ConfigError, match=r"train\.kfold_members: k-fold members are a single run's"):
+        C.apply_overrides(C.Config(), ["train.kfold_members=true", "sweep.seed=0,1"])
+    from mlp_jax import runner
+
+    with pytest.raises(C.ConfigError, match=r"train\.kfold_members: needs train\.members >= 2"):
+        runner.run(tiny_config(tmp_path, tiny_csv, **{"train.kfold_members": "true"}), progress=False)
+    assert not (tmp_path / "run").exists()
