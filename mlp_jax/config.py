@@ -149,7 +149,7 @@ class TrainConfig:
     huber_delta: float = 1.0  # huber only: quadratic within this many target standard deviations
     label_smoothing: float = 0.0  # classification training loss only; validation and test losses stay plain log loss
     members: int = AUTO  # seeds trained as one program and served as one ensemble; 0 = auto (see auto_members)
-    kfold_members: bool = False  # members > 1: member k early-stops on fold k of train+val rows, trains on the rest
+    kfold_members: bool = True  # with members > 1: member k early-stops on fold k of train+val rows, trains on the rest
 
 
 @dataclass(frozen=True)
@@ -432,11 +432,6 @@ def validate(c: Config) -> None:
     need(c.dist.timeout_seconds >= 1, "dist.timeout_seconds", "must be >= 1")
     need(t.members >= 0, "train.members", "must be >= 1 (0 = auto)")
     need(
-        not (t.kfold_members and c.sweep.axes),
-        "train.kfold_members",
-        "k-fold members are a single run's members (train.members); a sweep's members share its rows",
-    )
-    need(
         t.members <= 1 or not c.sweep.axes,
         "train.members",
         "a sweep's members are its grid: leave train.members at auto or 1 with sweep.<key>=<values>",
@@ -491,12 +486,14 @@ def auto_members(config: Config, n_train: int, n_processes: int = 1) -> int:
     diabetes RMSE 56.5 -> 55.0, digits log loss 0.124 -> 0.105, wine 0.068 -> 0.046; breast
     cancer 0.074 -> 0.075), as deep ensembles and TabM (arXiv 2410.24210) report. A sweep sets
     its members itself; several processes train one model (members need one process).
-    ``train.kfold_members``: auto is :data:`AUTO_MEMBERS` folds at any table size.
+    With ``train.kfold_members`` (the default) the members are also cross-fitted: member i
+    early-stops on fold i of the pooled training + validation rows and trains on the other
+    folds (:func:`mlp_jax.sweep.kfold_rows`). Chosen on validation rows only, like the
+    members: ``python -m benchmarks.quality --holdout --contenders "ours,ours k-fold"``
+    (``benchmarks/RESULTS.md``, "Quality", round 10).
     """
     if config.train.members != AUTO:
         return config.train.members
-    if config.train.kfold_members and n_processes == 1:  # asked for folds: one member per fold, at any size
-        return AUTO_MEMBERS
     return AUTO_MEMBERS if n_train < AUTO_MEMBERS_BELOW_ROWS and n_processes == 1 else 1
 
 

@@ -130,7 +130,10 @@ def fit_members(
     cfg = sweep.seeds_config(config, k)
     rows = None
     fit_data = dataset
-    if config.train.kfold_members:
+    pooled = len(dataset.y_train) + len(dataset.y_val)
+    if config.train.kfold_members and pooled < 2 * k:
+        print(f"k-fold members: {pooled} training + validation rows are too few for {k} folds; shared rows", flush=True)
+    elif config.train.kfold_members:
         fit_data, rows = sweep.kfold_dataset(dataset, k, config.seed)
         print(
             f"k-fold members: {len(fit_data.y_train)} training + validation rows in {k} folds; member i early-stops on "
@@ -231,11 +234,6 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
     )
 
     members = auto_members(config, len(dataset.y_train), processes.num_processes)
-    if config.train.kfold_members and members < 2:
-        raise ConfigError(
-            "train.kfold_members: needs train.members >= 2 (one member per fold; auto = 8) and one process, "
-            f"got {members} member(s) over {processes.num_processes} process(es)"
-        )
     check_workdir_kind(workdir, members)  # before tracking: a refused workdir leaves no MLflow run
 
     session = None

@@ -760,6 +760,9 @@ def _run_group(
 
     store = _Store(group_dir(workdir, gi)) if workdir else None
     member_meta = [{"index": m.index, "values": {kk: _jsonable(v) for kk, v in m.values.items()}} for m in group]
+    if member_rows is not None:  # in the members' record, so that no resume mixes k-fold and shared rows
+        for j, mm in enumerate(member_meta):
+            mm["kfold_rows"] = int(np.sum(member_rows.fold == j))
     if store is not None and store.latest_step() is not None:
         step = store.latest_step()
         # checked first: another member count would otherwise fail inside Orbax on the array shapes

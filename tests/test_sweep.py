@@ -492,19 +492,21 @@ def test_kfold_members_stop_on_their_fold_and_report_out_of_fold_scores(tmp_path
         held = rows.fold == k
         np.testing.assert_allclose(oof[held], result.predict(pooled.x_train[held], [k])[0], rtol=1e-6)
 
-    run_cfg = tiny_config(tmp_path, tiny_csv, **{"train.members": "3", "train.kfold_members": "true"})
+    run_cfg = tiny_config(tmp_path, tiny_csv, **{"train.members": "3"})  # k-fold members: the default
     summary = runner.run(run_cfg, progress=False)
     assert Predictor.load(str(tmp_path / "run")).members == 3
     assert np.isfinite(summary["best_val_loss"]) and np.isfinite(summary["test_loss"])
     with pytest.raises(C.ConfigError, match=r"train\.kfold_members \(True vs False\)"):
-        runner.run(tiny_config(tmp_path, tiny_csv, **{"train.members": "3"}), progress=False)
+        runner.run(
+            tiny_config(tmp_path, tiny_csv, **{"train.members": "3", "train.kfold_members": "false"}), progress=False
+        )
 
 
-def test_kfold_members_are_refused_where_they_cannot_apply(tmp_path, tiny_csv):
-    with pytest.raises(C.ConfigError, match=r"train\.kfold_members: k-fold members are a single run's"):
-        C.apply_overrides(C.Config(), ["train.kfold_members=true", "sweep.seed=0,1"])
+def test_too_few_rows_for_the_folds_fall_back_to_shared_rows(tmp_path):
     from mlp_jax import runner
+    from tests.helpers import write_tiny_csv
 
-    with pytest.raises(C.ConfigError, match=r"train\.kfold_members: needs train\.members >= 2"):
-        runner.run(tiny_config(tmp_path, tiny_csv, **{"train.kfold_members": "true"}), progress=False)
-    assert not (tmp_path / "run").exists()
+    csv = write_tiny_csv(tmp_path / "small.csv", n=18)
+    cfg = tiny_config(tmp_path, csv, **{"train.members": "8", "train.batch_size": "4", "train.epochs": "2"})
+    summary = runner.run(cfg, progress=False)
+    assert np.isfinite(summary["test_loss"])
