@@ -118,11 +118,12 @@ def fit_members(
     alone, and the members differ in their rows as well as their seeds. The validation numbers
     are then out-of-fold: each pooled row scored by the one member that held it out.
 
-    Returns ``(fit result, outputs, (y_val, val_outputs))``: a :class:`mlp_jax.train.FitResult`
+    Returns ``(fit result, outputs, (y_val, val_outputs, kind))``: a :class:`mlp_jax.train.FitResult`
     (history: the members' mean per epoch; best epoch / epochs run: the latest member's;
     ``last_checkpoint``: the ensemble's step folder), ``outputs(x) -> [n, C]``, the members'
     mean probabilities or standardised predictions, and the validation targets with the
-    outputs that score them (the ensemble's on the validation rows, or the out-of-fold ones).
+    outputs that score them (the ensemble's on the validation rows, ``kind`` "held-out", or the
+    out-of-fold ones, "out-of-fold").
     """
     from mlp_jax import sweep, train
     from mlp_jax.config import resolve_auto
@@ -202,8 +203,8 @@ def fit_members(
     )
     outputs = lambda x: result.predict(x, ids)[0]  # noqa: E731
     if rows is None:
-        return fit, outputs, (dataset.y_val, outputs(dataset.x_val))
-    return fit, outputs, (fit_data.y_train, sweep.out_of_fold(result, ids, fit_data.x_train, rows))
+        return fit, outputs, (dataset.y_val, outputs(dataset.x_val), "held-out")
+    return fit, outputs, (fit_data.y_train, sweep.out_of_fold(result, ids, fit_data.x_train, rows), "out-of-fold")
 
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
@@ -250,8 +251,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         print(f"members: {members} seeds trained as one program, served as one ensemble (train.members)", flush=True)
     try:
         if members > 1:
-            result, outputs, (y_val, val_out) = fit_members(config, dataset, workdir, writer, members)
+            result, outputs, (y_val, val_out, validation) = fit_members(config, dataset, workdir, writer, members)
         else:
+            validation = "held-out"
             result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)
             best_params = train.local_copy(result.best_params)  # this process's copy, even when multi-process
             graphdef = result.state.graphdef
@@ -356,6 +358,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
             n_processes=result.n_processes,
             sklearn=sklearn,
             members=members,
+            validation=validation,
         )
         record = None
         if session is not None:

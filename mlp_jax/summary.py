@@ -53,6 +53,7 @@ class RunSummary:
     n_processes: int = 1
     sklearn: dict[str, Any] | None = None
     members: int = 1  # > 1: a deep ensemble of that many seeds (train.members)
+    validation: str = "held-out"  # best_val_* scored on the validation rows, or "out-of-fold" (k-fold members)
 
     def metric(self, name: str) -> float | None:
         """A metric by name (None when this task or run has no such metric)."""

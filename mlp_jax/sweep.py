@@ -18,6 +18,11 @@ state, so nothing recompiles. A member whose train or validation loss is NaN/inf
 with reason ``non-finite``; its best parameters stay the last finite best. Per-member
 metric sums reach the host once per epoch (one ``device_get``).
 
+K-fold members (:class:`MemberRows`, what a run's ``train.members`` ensemble uses by default,
+``train.kfold_members``): member k draws its batches only from its own rows (an index set per
+member, shuffled with its key, inside the same scan-fused epoch) and its validation metrics are
+masked to its fold, so cross-fitting K members costs one program too.
+
 Devices: *members* are sharded over a 1-D ``members`` mesh and the training rows are
 replicated on every device, so a step needs no collective at all. Sharding batches
 instead would all-reduce every member's gradients on every step (K models' traffic for a

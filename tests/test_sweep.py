@@ -494,7 +494,7 @@ def test_kfold_members_stop_on_their_fold_and_report_out_of_fold_scores(tmp_path
 
     run_cfg = tiny_config(tmp_path, tiny_csv, **{"train.members": "3"})  # k-fold members: the default
     summary = runner.run(run_cfg, progress=False)
-    assert Predictor.load(str(tmp_path / "run")).members == 3
+    assert Predictor.load(str(tmp_path / "run")).members == 3 and summary["validation"] == "out-of-fold"
     assert np.isfinite(summary["best_val_loss"]) and np.isfinite(summary["test_loss"])
     with pytest.raises(C.ConfigError, match=r"train\.kfold_members \(True vs False\)"):
         runner.run(
@@ -509,4 +509,4 @@ def test_too_few_rows_for_the_folds_fall_back_to_shared_rows(tmp_path):
     csv = write_tiny_csv(tmp_path / "small.csv", n=18)
     cfg = tiny_config(tmp_path, csv, **{"train.members": "8", "train.batch_size": "4", "train.epochs": "2"})
     summary = runner.run(cfg, progress=False)
-    assert np.isfinite(summary["test_loss"])
+    assert np.isfinite(summary["test_loss"]) and summary["validation"] == "held-out" and summary["members"] == 8
