@@ -55,15 +55,25 @@ class GateDecision:
 
 
 def validation_set(
-    digest: str, task: str, targets: tuple[str, ...], seed: int, val_fraction: float, test_fraction: float
+    digest: str,
+    task: str,
+    targets: tuple[str, ...],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    scored: str = "held-out",
 ) -> str:
     """What a validation loss was measured on, as a readable tag: two losses compare only when equal.
 
     The file (``digest``), the target column(s) and task (what is predicted) and the split
-    (``seed`` and the fractions pick the validation rows) all change the number.
+    (``seed`` and the fractions pick the validation rows) all change the number, and so does
+    which rows scored it (``scored``: ``"held-out"``, the validation rows, or ``"out-of-fold"``,
+    k-fold members' pooled training + validation rows; :class:`mlp_jax.summary.RunSummary`'s
+    ``validation``), which the tag names when it is not the validation rows.
     """
     names = ",".join(targets)
-    return f"{digest} target {names} ({task}) seed {seed} split {val_fraction:g}/{test_fraction:g}"
+    rows = "" if scored == "held-out" else f" {scored}"
+    return f"{digest} target {names} ({task}) seed {seed} split {val_fraction:g}/{test_fraction:g}{rows}"
 
 
 def champion_gate(

@@ -389,7 +389,8 @@ class Session:
         metric = registry.GATE_METRICS[self.dataset.task]
         val_loss = float(summary.metric(metric) or math.nan)
         name = self.config.tracking.registered_model
-        existing = registry.already_registered(self.client, name, checkpoint, val_loss, metric, self._validation_set())
+        validation = self._validation_set(summary.validation)
+        existing = registry.already_registered(self.client, name, checkpoint, val_loss, metric, validation)
         if existing is not None:
             mlflow.log_metrics(final, run_id=self.run_id, dataset=self.mlflow_dataset)
             return existing
@@ -411,15 +412,22 @@ class Session:
             dataset_source=str(self.dataset.source),
             test_accuracy=final.get("test_accuracy"),
             pending=self._set_pending,
-            validation=self._validation_set(),
+            validation=validation,
             checkpoint=checkpoint,
         )
 
-    def _validation_set(self) -> str:
-        """The gate's comparability key: this run's file, target(s), task and split."""
+    def _validation_set(self, scored: str = "held-out") -> str:
+        """The gate's comparability key: this run's file, target(s), task and split, and the rows
+        that scored it (``scored``: the summary's ``validation``, e.g. k-fold members' out-of-fold rows)."""
         d = self.config.data
         return registry.validation_set(
-            self.dataset.digest, self.dataset.task, d.target_names, self.config.seed, d.val_fraction, d.test_fraction
+            self.dataset.digest,
+            self.dataset.task,
+            d.target_names,
+            self.config.seed,
+            d.val_fraction,
+            d.test_fraction,
+            scored,
         )
 
     def _set_pending(self, version: str | None) -> None:

@@ -151,6 +151,7 @@ def test_gate_compares_only_on_the_same_validation_set():
         registry.validation_set("abc", "classification", ("easy",), 0, 0.15, 0.15),  # another target, same file
         registry.validation_set("abc", "classification", ("hard",), 1, 0.15, 0.15),  # other validation rows
         registry.validation_set("abc", "classification", ("hard",), 0, 0.2, 0.15),
+        registry.validation_set("abc", "classification", ("hard",), 0, 0.15, 0.15, "out-of-fold"),  # k-fold members
     ):
         d = registry.champion_gate(0.06, "abc", champ, validation=other)
         assert not d.promote and d.reason.startswith("not comparable") and other in d.reason and a in d.reason
@@ -173,6 +174,21 @@ def test_a_run_on_other_validation_rows_never_takes_the_champion(store):
     version = store.client.get_model_version(MODEL, other["model_version"])
     assert "not comparable" in version.tags["champion_gate.reason"] and "seed 1" in version.tags["validation_set"]
     assert str(store.client.get_model_version_by_alias(MODEL, "champion").version) == first["model_version"]
+
+
+def test_out_of_fold_validation_is_never_compared_with_held_out_validation(store):
+    """K-fold members score the pooled training + validation rows out of fold, a single model the
+    validation rows: other rows, so the gate must not compare the two numbers."""
+    single = runner.run(tracked(store.folder, store.csv, "one", **{"train.epochs": "2"}), progress=False)
+    kfold = runner.run(
+        tracked(store.folder, store.csv, "kfold", **{"train.epochs": "2", "train.members": "3"}), progress=False
+    )
+    assert single["champion"] is True and kfold["validation"] == "out-of-fold" and kfold["champion"] is False
+    version = store.client.get_model_version(MODEL, kfold["model_version"])
+    assert "not comparable" in version.tags["champion_gate.reason"]
+    assert "out-of-fold" in version.tags["validation_set"]
+    held = store.client.get_model_version(MODEL, single["model_version"]).tags["validation_set"]
+    assert "out-of-fold" not in held  # a held-out champion's tag is unchanged (older champions stay comparable)
 
 
 def test_resumes_backfill_a_new_run_continue_a_crashed_one_and_never_reopen_a_finished_one(store):
