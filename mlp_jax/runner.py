@@ -123,7 +123,7 @@ def fit_members(
     ``last_checkpoint``: the ensemble's step folder), ``outputs(x) -> [n, C]``, the members'
     mean probabilities or standardised predictions, and the validation targets with the
     outputs that score them (the ensemble's on the validation rows, ``kind`` "held-out", or the
-    out-of-fold ones, "out-of-fold").
+    out-of-fold ones, "out-of-fold", on the folds of the members kept in the ensemble).
     """
     from mlp_jax import sweep, train
     from mlp_jax.config import resolve_auto
@@ -204,7 +204,16 @@ def fit_members(
     outputs = lambda x: result.predict(x, ids)[0]  # noqa: E731
     if rows is None:
         return fit, outputs, (dataset.y_val, outputs(dataset.x_val), "held-out")
-    return fit, outputs, (fit_data.y_train, sweep.out_of_fold(result, ids, fit_data.x_train, rows), "out-of-fold")
+    # out of fold only where the member that held the row out is in the ensemble: a left-out member's
+    # fold was trained on by every other member, so its rows would score the ensemble in sample
+    held = np.isin(rows.fold, ids)
+    if not held.all():
+        print(
+            f"out-of-fold validation: {int(held.sum())} of {len(held)} rows (the left-out members' folds are not scored)",
+            flush=True,
+        )
+    oof = sweep.out_of_fold(result, ids, fit_data.x_train, rows)
+    return fit, outputs, (fit_data.y_train[held], oof[held], "out-of-fold")
 
 
 def run(config: Config, progress: bool | None = None) -> dict[str, Any]:

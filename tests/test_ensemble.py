@@ -409,6 +409,42 @@ def test_runner_members_that_all_diverge_are_a_named_error(tmp_path):
     assert fixed["members"] == 2 and math.isfinite(fixed["best_val_loss"])
 
 
+def test_out_of_fold_validation_scores_only_the_folds_of_the_members_kept(tmp_path):
+    """A k-fold member whose loss was never finite is left out of the ensemble; its fold was trained on
+    by every member kept, so the out-of-fold numbers (what the champion gate compares) leave its rows out."""
+    import jax.numpy as jnp
+
+    from mlp_jax import artifact, runner, sweep
+    from mlp_jax import data as D
+    from mlp_jax import model as M
+    from tests.helpers import tiny_config
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 4)), columns=list("abcd"))
+    frame["target"] = 2 * frame["a"] + rng.normal(size=200)
+    frame.to_csv(tmp_path / "reg.csv", index=False)
+    overrides = {"data.task": "regression", "optim.name": "sgd", "optim.learning_rate": "3", "train.epochs": "2"}
+    cfg = tiny_config(tmp_path, tmp_path / "reg.csv", **{**overrides, "train.members": "8"})
+    summary = runner.run(cfg, progress=False)
+    assert summary["validation"] == "out-of-fold"
+    store = sweep._Store(sweep.group_dir(tmp_path / "run"))
+    stoppers = store.meta(store.latest_step())["stoppers"]
+    store.close()
+    kept = [i for i, s in enumerate(stoppers) if s["best_loss"] is not None]
+    assert 0 < len(kept) < 8, "the learning rate should make some members, not all, diverge"
+    loaded = artifact.load(summary["checkpoint"])
+    ds = D.prepare(cfg.data, cfg.seed, verbose=False)
+    pooled, rows = sweep.kfold_dataset(ds, 8, cfg.seed)
+    ys, outs = [], []
+    for p, i in enumerate(kept):  # each kept member's own fold, answered by that member
+        held = rows.fold == i
+        params = jax.tree.map(lambda a, p=p: a[p], loaded.params)
+        outs.append(np.asarray(M.apply(loaded.graphdef, params, jnp.asarray(pooled.x_train[held]))))
+        ys.append(pooled.y_train[held])
+    expected = sweep.ensemble_scores("regression", np.concatenate(ys), np.concatenate(outs))["loss"]
+    assert summary["best_val_loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_resuming_an_ensemble_with_other_members_or_seed_names_the_run_keys(tmp_path):
     """The runner's members are a sweep over seeds, but a refused resume names train.members / seed
     (with both values), never the sweep.axes the user did not set; the workdir is left as it was."""
