@@ -652,8 +652,15 @@ def check(config: Config, dataset: Dataset, member_rows: MemberRows | None = Non
         raise ConfigError(f"k-fold members: {member_rows.k} folds for {len(members)} members of one network shape")
     for g in group_members(members):
         if n_train < g[0].config.train.batch_size:
+            whose = (
+                ""
+                if member_rows is None
+                else f" of the smallest k-fold member ({len(member_rows.fold)} training + validation rows in "
+                f"{member_rows.k} folds, each member training on the others; use a smaller batch or "
+                "train.kfold_members=false)"
+            )
             raise ConfigError(
-                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows"
+                f"train.batch_size: {g[0].config.train.batch_size} is larger than the {n_train} training rows{whose}"
             )
     return members
 

@@ -510,3 +510,18 @@ def test_too_few_rows_for_the_folds_fall_back_to_shared_rows(tmp_path):
     cfg = tiny_config(tmp_path, csv, **{"train.members": "8", "train.batch_size": "4", "train.epochs": "2"})
     summary = runner.run(cfg, progress=False)
     assert np.isfinite(summary["test_loss"]) and summary["validation"] == "held-out" and summary["members"] == 8
+
+
+def test_a_batch_larger_than_a_kfold_members_rows_names_the_folds(tmp_path):
+    """70 training rows take a batch of 64, but a k-fold member trains on ~2/3 of the 85 pooled rows:
+    the refusal says why the rows are fewer than the split shows, and the way out."""
+    from tests.helpers import write_tiny_csv
+
+    csv = write_tiny_csv(tmp_path / "small.csv", n=100)
+    cfg = tiny_config(tmp_path, csv, **{"train.batch_size": "64"})
+    ds = D.prepare(cfg.data, cfg.seed, verbose=False)
+    assert len(ds.y_train) >= 64
+    pooled, rows = S.kfold_dataset(ds, 3, 0)
+    with pytest.raises(C.ConfigError, match=r"smallest k-fold member .*train\.kfold_members=false"):
+        S.check(S.seeds_config(cfg, 3), pooled, rows)
+    S.check(S.seeds_config(cfg, 3), ds)  # shared rows: the batch fits
