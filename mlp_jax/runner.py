@@ -105,6 +105,36 @@ def _ensemble_mismatch(e: Any, cfg: Config, k: int) -> str:
     )
 
 
+def member_data(config: Config, dataset: Any, k: int) -> tuple[Any, Any]:
+    """``(dataset, member rows)`` that ``train.members=k`` trains on: the k-fold pool and its folds
+    (``train.kfold_members``, when the pool has at least 2k rows), else ``(dataset, None)``."""
+    from mlp_jax import sweep
+
+    if config.train.kfold_members and len(dataset.y_train) + len(dataset.y_val) >= 2 * k:
+        return sweep.kfold_dataset(dataset, k, config.seed)
+    return dataset, None
+
+
+def check_batch_fits(config: Config, dataset: Any, members: int) -> None:
+    """The batch-size refusal training would raise, raised before tracking opens a run (a refused run
+    must leave no MLflow run behind).
+
+    Raises:
+      ConfigError: ``train.batch_size`` (after "auto") larger than the rows a model trains on.
+    """
+    from mlp_jax import sweep
+    from mlp_jax.config import resolve_auto
+
+    if members > 1:
+        fit_data, rows = member_data(config, dataset, members)
+        sweep.check(sweep.seeds_config(config, members), fit_data, rows)
+        return
+    n_train = len(dataset.y_train)
+    batch = resolve_auto(config, n_train).train.batch_size
+    if n_train < batch:
+        raise ConfigError(f"train.batch_size: {batch} is larger than the {n_train} training rows")
+
+
 def fit_members(
     config: Config, dataset: Any, workdir: Path, writer: Any, k: int
 ) -> tuple[Any, Callable, tuple[np.ndarray, np.ndarray]]:
@@ -129,15 +159,13 @@ def fit_members(
     from mlp_jax.config import resolve_auto
 
     cfg = sweep.seeds_config(config, k)
-    rows = None
-    fit_data = dataset
+    fit_data, rows = member_data(config, dataset, k)
     pooled = len(dataset.y_train) + len(dataset.y_val)
-    if config.train.kfold_members and pooled < 2 * k:
+    if rows is None and config.train.kfold_members:
         print(f"k-fold members: {pooled} training + validation rows are too few for {k} folds; shared rows", flush=True)
-    elif config.train.kfold_members:
-        fit_data, rows = sweep.kfold_dataset(dataset, k, config.seed)
+    elif rows is not None:
         print(
-            f"k-fold members: {len(fit_data.y_train)} training + validation rows in {k} folds; member i early-stops on "
+            f"k-fold members: {pooled} training + validation rows in {k} folds; member i early-stops on "
             f"fold i ({np.bincount(rows.fold).min()}-{np.bincount(rows.fold).max()} rows) and trains on the rest",
             flush=True,
         )
@@ -245,6 +273,7 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
     members = auto_members(config, len(dataset.y_train), processes.num_processes)
     check_workdir_kind(workdir, members)  # before tracking: a refused workdir leaves no MLflow run
+    check_batch_fits(config, dataset, members)  # likewise a batch larger than the rows
 
     session = None
     writer = NullWriter()

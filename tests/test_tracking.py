@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from mlp_jax import registry, runner
-from mlp_jax.config import apply_overrides, to_flat_dict
+from mlp_jax.config import ConfigError, apply_overrides, to_flat_dict
 from mlp_jax.summary import RunSummary
 from tests.helpers import (
     MODEL,
@@ -28,6 +28,7 @@ from tests.helpers import (
     free_port,
     spawn,
     stop,
+    tiny_config,
     tracked,
     use_store,
     wait_http,
@@ -521,3 +522,17 @@ def test_which_sweep_runs_a_rerun_continues(tmp_path, mlflow_db):
     for damaged in ("{not json", "[1, 2]", json.dumps({"tracking_uri": uri}), *damaged_ids):
         (workdir / tracking.RUN_FILE).write_text(damaged)
         assert decide(uri, members) == (None, {}, None)
+
+
+@pytest.mark.parametrize("members", ["1", "3"])
+def test_a_batch_larger_than_the_rows_leaves_no_mlflow_run(tmp_path, monkeypatch, mlflow_db, members):
+    """The refusal comes before tracking opens a run, for one model and for k-fold members alike."""
+    csv = write_tiny_csv(tmp_path / "tiny.csv")
+    uri = use_store(monkeypatch, tmp_path, mlflow_db(tmp_path))
+    cfg = tiny_config(
+        tmp_path, csv, **{"train.batch_size": "5000", "train.members": members, "tracking.enabled": "true"}
+    )
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 5000 is larger than the \d+ training rows"):
+        runner.run(cfg, progress=False)
+    client = MlflowClient(uri)
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
