@@ -160,15 +160,12 @@ def fit_ours_seeds(
     from mlp_jax import data as data_lib
     from mlp_jax import sweep
 
-    kfold = config.train.kfold_members
     config = sweep.seeds_config(config, k)
     dataset = data_lib.from_frames(train_df, val_df, test_df, config.data, source="benchmarks.quality")
-    rows = None
-    if kfold:  # train.kfold_members: the train and early-stopping rows pooled, one fold per member
-        dataset, rows = sweep.kfold_dataset(dataset, k, config.seed)
+    dataset, rows = sweep.member_data(config, dataset, k)  # k-fold: train and early-stopping rows pooled
     result = sweep.run_sweep(config, dataset, member_rows=rows)
     ids = list(range(k))
-    if kfold:
+    if rows is not None:
         y_val, val_mean = dataset.y_train, sweep.out_of_fold(result, ids, dataset.x_train, rows)
     else:
         y_val, val_mean = dataset.y_val, result.predict(dataset.x_val, ids)[0]

@@ -105,19 +105,10 @@ def _ensemble_mismatch(e: Any, cfg: Config, k: int) -> str:
     )
 
 
-def member_data(config: Config, dataset: Any, k: int) -> tuple[Any, Any]:
-    """``(dataset, member rows)`` that ``train.members=k`` trains on: the k-fold pool and its folds
-    (``train.kfold_members``, when the pool has at least 2k rows), else ``(dataset, None)``."""
-    from mlp_jax import sweep
-
-    if config.train.kfold_members and len(dataset.y_train) + len(dataset.y_val) >= 2 * k:
-        return sweep.kfold_dataset(dataset, k, config.seed)
-    return dataset, None
-
-
-def check_batch_fits(config: Config, dataset: Any, members: int) -> None:
+def check_batch_fits(config: Config, dataset: Any, members: int, member_rows: Any = None) -> None:
     """The batch-size refusal training would raise, raised before tracking opens a run (a refused run
-    must leave no MLflow run behind).
+    must leave no MLflow run behind). ``dataset`` / ``member_rows``: what the run trains on
+    (:func:`mlp_jax.sweep.member_data` when ``members`` > 1).
 
     Raises:
       ConfigError: ``train.batch_size`` (after "auto") larger than the rows a model trains on.
@@ -126,8 +117,7 @@ def check_batch_fits(config: Config, dataset: Any, members: int) -> None:
     from mlp_jax.config import resolve_auto
 
     if members > 1:
-        fit_data, rows = member_data(config, dataset, members)
-        sweep.check(sweep.seeds_config(config, members), fit_data, rows)
+        sweep.check(sweep.seeds_config(config, members), dataset, member_rows)
         return
     n_train = len(dataset.y_train)
     batch = resolve_auto(config, n_train).train.batch_size
@@ -136,11 +126,12 @@ def check_batch_fits(config: Config, dataset: Any, members: int) -> None:
 
 
 def fit_members(
-    config: Config, dataset: Any, workdir: Path, writer: Any, k: int
-) -> tuple[Any, Callable, tuple[np.ndarray, np.ndarray]]:
+    config: Config, dataset: Any, workdir: Path, writer: Any, k: int, members_data: tuple[Any, Any]
+) -> tuple[Any, Callable, tuple[np.ndarray, np.ndarray, str]]:
     """``train.members=k`` > 1: seeds ``seed .. seed+k-1`` trained as one program (``mlp_jax.sweep``,
     each with its own early stopping; a rerun resumes from ``workdir/group-0``), all k saved as one
-    ensemble artifact in ``workdir/<step>``.
+    ensemble artifact in ``workdir/<step>``. ``members_data``: :func:`mlp_jax.sweep.member_data`'s
+    ``(dataset the members train on, k-fold member rows or None)``.
 
     ``train.kfold_members``: the training and validation rows are pooled and cut into k folds
     (:func:`mlp_jax.sweep.kfold_rows`, from ``seed``); member i trains on the other folds and
@@ -159,7 +150,7 @@ def fit_members(
     from mlp_jax.config import resolve_auto
 
     cfg = sweep.seeds_config(config, k)
-    fit_data, rows = member_data(config, dataset, k)
+    fit_data, rows = members_data
     pooled = len(dataset.y_train) + len(dataset.y_val)
     if rows is None and config.train.kfold_members:
         print(f"k-fold members: {pooled} training + validation rows are too few for {k} folds; shared rows", flush=True)
@@ -273,7 +264,13 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
 
     members = auto_members(config, len(dataset.y_train), processes.num_processes)
     check_workdir_kind(workdir, members)  # before tracking: a refused workdir leaves no MLflow run
-    check_batch_fits(config, dataset, members)  # likewise a batch larger than the rows
+    if members > 1:
+        from mlp_jax import sweep
+
+        members_data = sweep.member_data(config, dataset, members)  # the k-fold pool and folds, or shared rows
+    else:
+        members_data = (dataset, None)
+    check_batch_fits(config, members_data[0], members, members_data[1])  # likewise a batch larger than the rows
 
     session = None
     writer = NullWriter()
@@ -289,7 +286,9 @@ def run(config: Config, progress: bool | None = None) -> dict[str, Any]:
         print(f"members: {members} seeds trained as one program, served as one ensemble (train.members)", flush=True)
     try:
         if members > 1:
-            result, outputs, (y_val, val_out, validation) = fit_members(config, dataset, workdir, writer, members)
+            result, outputs, (y_val, val_out, validation) = fit_members(
+                config, dataset, workdir, writer, members, members_data
+            )
         else:
             validation = "held-out"
             result = train.fit(config, dataset, str(workdir), writer=writer, progress=progress)

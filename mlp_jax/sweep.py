@@ -676,6 +676,14 @@ def kfold_dataset(dataset: Dataset, k: int, seed: int) -> tuple[Dataset, MemberR
     return pooled, kfold_rows(y, k, seed, dataset.task)
 
 
+def member_data(config: Config, dataset: Dataset, k: int) -> tuple[Dataset, MemberRows | None]:
+    """What ``train.members=k`` trains on: :func:`kfold_dataset` with ``train.kfold_members`` when the
+    pooled training + validation rows number at least 2k, else ``(dataset, None)`` (shared rows)."""
+    if config.train.kfold_members and len(dataset.y_train) + len(dataset.y_val) >= 2 * k:
+        return kfold_dataset(dataset, k, config.seed)
+    return dataset, None
+
+
 def out_of_fold(result: SweepResult, members: Sequence[int], x: np.ndarray, rows: MemberRows) -> np.ndarray:
     """Out-of-fold outputs ``[n, C]`` on the pooled training matrix ``x``: each row answered by the
     member that held it out (its best parameters); rows of a member not in ``members`` (left out
@@ -1085,6 +1093,7 @@ __all__ = [
     "log_loss",
     "make_sweep_epoch",
     "make_sweep_evaluate",
+    "member_data",
     "member_outputs",
     "out_of_fold",
     "run_sweep",
