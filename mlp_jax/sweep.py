@@ -257,7 +257,31 @@ def freeze(active: jax.Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: jnp.where(_rows(active, n), n, o), new, old)
 
 
-def make_sweep_epoch(batch_size: int, n_rows: int, kfold: bool = False) -> Callable:
+#: Training rows (members x batch) a CPU device steps at once when its members are stepped in
+#: turns (:func:`member_chunk`).
+CPU_ROWS_PER_TURN = 512
+
+
+def member_chunk(per_device: int, batch_size: int) -> int | None:
+    """How many of a CPU device's ``per_device`` members to step at once (:func:`make_sweep_epoch`'s
+    ``chunk``), or None for all of them.
+
+    In turns only when the device would otherwise step more than ``2 * CPU_ROWS_PER_TURN``
+    member-rows per step, and then the most members (a divisor of ``per_device``, at least 2)
+    whose rows fit ``CPU_ROWS_PER_TURN``. Measured on the 2-core box (benchmarks/RESULTS.md,
+    "Sweeps and ensembles", round 11): 8 members x batch 256 per device train ~1.2x faster two
+    at a time; the small tables' 8 k-fold members (batch 24-88) train ~1.3x slower in turns
+    (the loop's own cost exceeds what the caches win), so they keep one vmap.
+    """
+    if per_device * batch_size <= 2 * CPU_ROWS_PER_TURN:
+        return None
+    fits = [d for d in range(2, per_device) if per_device % d == 0 and d * batch_size <= CPU_ROWS_PER_TURN]
+    return max(fits) if fits else None
+
+
+def make_sweep_epoch(
+    batch_size: int, n_rows: int, kfold: bool = False, devices: int = 1, chunk: int | None = None
+) -> Callable:
     """``epoch(states, active, x, y, keys[, rows, counts]) -> (states, metric sums [K])``, jitted, states donated.
 
     Member k shuffles and drops out with ``keys[k]`` exactly as ``train.make_train_epoch``
@@ -270,6 +294,17 @@ def make_sweep_epoch(batch_size: int, n_rows: int, kfold: bool = False) -> Calla
     padded; :class:`MemberRows`), shuffled with its key; ``n_rows`` is then the fewest rows a
     member has, which sets the steps per epoch (every member's shuffle puts its own rows first,
     so the padding is never drawn).
+
+    ``chunk``: None steps all K members at once (one ``vmap``: what a GPU wants, batched
+    matmuls). An int (needs ``K`` a multiple of ``devices * chunk``) steps each device's block
+    of ``K / devices`` members ``chunk`` at a time: a ``jax.lax.map`` over the turns, each turn
+    vmapping ``chunk`` members of every block, so each device still steps only its own members.
+    On XLA:CPU this trains faster: one core stepping 8 members vmapped spends 1.3-1.6x a lone
+    member's time on each, 2 at a time ~1.0x (the step's working set, K x (activations +
+    parameters + Adam moments), outgrows the core's 512 KB L2); 16 members on 2 CPU devices
+    train ~1.2x faster per epoch, for ~0.7 s more compile (benchmarks/RESULTS.md, "Sweeps and
+    ensembles", round 11). The values are the vmapped step's up to floating-point
+    reassociation in XLA's kernels (tested to 1e-5).
     """
     steps = n_rows // batch_size
 
@@ -297,10 +332,27 @@ def make_sweep_epoch(batch_size: int, n_rows: int, kfold: bool = False) -> Calla
         def member_step(state: train.TrainState, idx: jax.Array, key: jax.Array):
             return train.train_step(state, (x[idx], y[idx]), key)
 
-        def body(s: train.TrainState, inputs: tuple[jax.Array, jax.Array]):
-            return jax.vmap(member_step)(s, *inputs)
+        def split(a: jax.Array) -> jax.Array:  # [K, ...] = [devices, turns, chunk, ...] -> [turns, devices * chunk, ...]
+            a = a.reshape(devices, -1, chunk, *a.shape[1:])
+            return jnp.swapaxes(a, 0, 1).reshape(a.shape[1], devices * chunk, *a.shape[3:])
 
-        new, metrics = jax.lax.scan(body, states, (jnp.swapaxes(order, 0, 1), jnp.swapaxes(step_keys, 0, 1)))
+        def join(a: jax.Array) -> jax.Array:  # the inverse of split
+            a = a.reshape(a.shape[0], devices, chunk, *a.shape[2:])
+            return jnp.swapaxes(a, 0, 1).reshape(-1, *a.shape[3:])
+
+        per_step = (jnp.swapaxes(order, 0, 1), jnp.swapaxes(step_keys, 0, 1))  # [steps, K, ...]
+        if chunk is None:
+            new, metrics = jax.lax.scan(lambda s, i: jax.vmap(member_step)(s, *i), states, per_step)
+        else:
+            # The states stay in the turns layout for the whole epoch. Each step loops over the
+            # turns, a turn stepping `chunk` members of every device's block, so each device
+            # still steps only its own members.
+            def body(s: train.TrainState, inputs: tuple[jax.Array, jax.Array]):
+                return jax.lax.map(lambda a: jax.vmap(member_step)(*a), (s, *inputs))
+
+            per_step = jax.tree.map(lambda a: jax.vmap(split)(a), per_step)  # [steps, turns, devices * chunk, ...]
+            new, metrics = jax.lax.scan(body, jax.tree.map(split, states), per_step)
+            new, metrics = jax.tree.map(join, new), jax.tree.map(lambda a: jax.vmap(join)(a), metrics)
         return freeze(active, new, states), jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
     if not kfold:
@@ -820,7 +872,13 @@ def _run_group(
         keys0 = _epoch_keys(seeds, jnp.int32(0))
         active_dev = jax.device_put(active, by_member)
         train_epoch = (
-            make_sweep_epoch(tc.batch_size, n_train, kfold)
+            make_sweep_epoch(
+                tc.batch_size,
+                n_train,
+                kfold,
+                devices=n_dev,
+                chunk=member_chunk(k_pad // n_dev, tc.batch_size) if jax.default_backend() == "cpu" else None,
+            )
             .lower(states, active_dev, x_train, y_train, keys0, *own_rows)
             .compile()
         )
@@ -1093,6 +1151,7 @@ __all__ = [
     "log_loss",
     "make_sweep_epoch",
     "make_sweep_evaluate",
+    "member_chunk",
     "member_data",
     "member_outputs",
     "out_of_fold",

@@ -136,6 +136,37 @@ def test_frozen_members_keep_their_state(tiny_csv):
     assert sums["loss_sum"].shape == (3,)
 
 
+@pytest.mark.parametrize(("k", "devices", "active"), [(6, 1, [1, 1, 0, 1, 1, 1]), (4, 2, [1, 0, 1, 1])])
+def test_members_stepped_in_chunks_equal_all_at_once(tiny_csv, k, devices, active):
+    """CPU sweeps may step each device's block of members two at a time (3 turns of one block;
+    2 blocks as on a 2-device mesh, 1 turn each): the same members, the same figures."""
+    seeds = ",".join(map(str, range(k)))
+    cfg = C.apply_overrides(C.Config(), [f"data.path={tiny_csv}", "model.hidden_sizes=8", f"sweep.seed={seeds}"])
+    ds = D.prepare(cfg.data, cfg.seed)
+    members = S.expand(cfg)
+    keys = jax.vmap(lambda s: T.epoch_key(s, 1))(jnp.arange(k))
+    mask = jnp.asarray(active, bool)
+    outs = []
+    for chunk in (None, 2):
+        states = S.create_states(members, ["seed"], T.network_spec(members[0].config, ds), len(ds.y_train))
+        epoch = S.make_sweep_epoch(32, len(ds.y_train), devices=devices, chunk=chunk)
+        outs.append(jax.tree.map(np.asarray, epoch(states, mask, ds.x_train, ds.y_train, keys)))
+    (whole, whole_sums), (chunked, chunked_sums) = outs
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(chunked), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for name, v in whole_sums.items():
+        np.testing.assert_allclose(v, chunked_sums[name], rtol=1e-5)
+    assert np.asarray(chunked.step).tolist() == [int(a) * np.asarray(whole.step).max() for a in active]
+
+
+def test_cpu_members_go_in_turns_only_when_a_step_is_wide():
+    assert S.member_chunk(8, 256) == 2  # the baseline sweep, 8 members per CPU device: 2 x 256 rows a turn
+    assert S.member_chunk(16, 128) == 4
+    assert S.member_chunk(8, 88) is None and S.member_chunk(8, 24) is None  # small tables' k-fold members
+    assert S.member_chunk(1, 256) is None and S.member_chunk(3, 256) is None
+    assert S.member_chunk(7, 256) is None  # no divisor of 7 fits
+
+
 @pytest.mark.slow
 def test_non_finite_member_stops_and_others_finish(tmp_path, tiny_csv):
     cfg = _sweep_config(
