@@ -302,7 +302,7 @@ def make_sweep_epoch(
     On XLA:CPU this trains faster: one core stepping 8 members vmapped spends 1.3-1.6x a lone
     member's time on each, 2 at a time ~1.0x (the step's working set, K x (activations +
     parameters + Adam moments), outgrows the core's 512 KB L2); 16 members on 2 CPU devices
-    train ~1.2x faster per epoch, for ~0.7 s more compile (benchmarks/RESULTS.md, "Sweeps and
+    train 1.2-1.3x faster, for 0.8-1.2 s more compile (benchmarks/RESULTS.md, "Sweeps and
     ensembles", round 11). The values are the vmapped step's up to floating-point
     reassociation in XLA's kernels (tested to 1e-5).
     """
