@@ -332,7 +332,7 @@ def make_sweep_epoch(
         def member_step(state: train.TrainState, idx: jax.Array, key: jax.Array):
             return train.train_step(state, (x[idx], y[idx]), key)
 
-        def split(a: jax.Array) -> jax.Array:  # [K, ...] = [devices, turns, chunk, ...] -> [turns, devices * chunk, ...]
+        def split(a: jax.Array) -> jax.Array:  # [K = devices * turns * chunk, ...] -> [turns, devices * chunk, ...]
             a = a.reshape(devices, -1, chunk, *a.shape[1:])
             return jnp.swapaxes(a, 0, 1).reshape(a.shape[1], devices * chunk, *a.shape[3:])
 
