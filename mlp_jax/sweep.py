@@ -303,8 +303,12 @@ def make_sweep_epoch(
     member's time on each, 2 at a time ~1.0x (the step's working set, K x (activations +
     parameters + Adam moments), outgrows the core's 512 KB L2); 16 members on 2 CPU devices
     train 1.2-1.3x faster, for 0.8-1.2 s more compile (benchmarks/RESULTS.md, "Sweeps and
-    ensembles", round 11). The values are the vmapped step's up to floating-point
-    reassociation in XLA's kernels (tested to 1e-5).
+    ensembles", round 11). The values are the vmapped step's up to floating-point rounding:
+    a member stepped in a turn of 2 gives exactly what a 2-member vmapped sweep gives, and
+    differs from the all-at-once (16-wide) kernels by rounding that training can amplify (one
+    epoch on the tests' tiny table: within 1e-5; best validation losses of the 16 baseline
+    members after 2 epochs: up to ~1e-3 relative, where 1 vs 2 CPU devices already differ by
+    2e-4).
     """
     steps = n_rows // batch_size
 
