@@ -354,9 +354,9 @@ def make_sweep_epoch(
             def body(s: train.TrainState, inputs: tuple[jax.Array, jax.Array]):
                 return jax.lax.map(lambda a: jax.vmap(member_step)(*a), (s, *inputs))
 
-            per_step = jax.tree.map(lambda a: jax.vmap(split)(a), per_step)  # [steps, turns, devices * chunk, ...]
+            per_step = jax.tree.map(jax.vmap(split), per_step)  # [steps, turns, devices * chunk, ...]
             new, metrics = jax.lax.scan(body, jax.tree.map(split, states), per_step)
-            new, metrics = jax.tree.map(join, new), jax.tree.map(lambda a: jax.vmap(join)(a), metrics)
+            new, metrics = jax.tree.map(join, new), jax.tree.map(jax.vmap(join), metrics)
         return freeze(active, new, states), jax.tree.map(lambda a: jnp.sum(a, axis=0), metrics)
 
     if not kfold:
